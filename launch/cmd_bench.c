@@ -1,0 +1,26 @@
+// pansurv bench <what>: benchmarks print nccl-tests style tables and exit
+// non-zero when a validated value is wrong. They are never timed tests.
+#include <stdio.h>
+#include <string.h>
+
+#include "ps_commands.h"
+
+typedef struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} bench_entry;
+
+static const bench_entry benches[] = {
+    {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
+};
+
+int ps_cmd_bench(int argc, char **argv) {
+  if (argc >= 2 && strcmp(argv[1], "--help") && strcmp(argv[1], "-h"))
+    for (size_t i = 0; benches[i].name; i++)
+      if (!strcmp(argv[1], benches[i].name)) return benches[i].run(argc - 1, argv + 1);
+  FILE *f = (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) ? stdout : stderr;
+  fprintf(f, "usage: pansurv bench <what> [options]\n\n");
+  for (size_t i = 0; benches[i].name; i++) fprintf(f, "  %-10s %s\n", benches[i].name, benches[i].summary);
+  return f == stdout ? 0 : 2;
+}

@@ -1,0 +1,87 @@
+#include "ps_rng.h"
+
+#include <math.h>
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+static inline uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
+  uint64_t p = (uint64_t)a * b;
+  *hi = (uint32_t)(p >> 32);
+  return (uint32_t)p;
+}
+
+void ps_philox4x32(uint32_t out[4], const uint32_t counter[4], const uint32_t key[2]) {
+  uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; round++) {
+    uint32_t hi0, hi1;
+    uint32_t lo0 = mulhilo(PHILOX_M0, c0, &hi0);
+    uint32_t lo1 = mulhilo(PHILOX_M1, c2, &hi1);
+    uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+    k0 += PHILOX_W0;
+    k1 += PHILOX_W1;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+static uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+uint64_t ps_rng_stream(ps_rng_purpose purpose, uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t h = splitmix64((uint64_t)purpose);
+  h = splitmix64(h ^ a);
+  h = splitmix64(h ^ b);
+  return splitmix64(h ^ c);
+}
+
+ps_rng ps_rng_make(uint64_t seed, uint64_t stream) {
+  uint64_t k = splitmix64(seed);
+  ps_rng r = {.key = {(uint32_t)k, (uint32_t)(k >> 32)}, .stream = stream};
+  return r;
+}
+
+uint32_t ps_rng_u32(const ps_rng *r, uint64_t index) {
+  uint64_t block = index >> 2;
+  uint32_t ctr[4] = {(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)r->stream, (uint32_t)(r->stream >> 32)};
+  uint32_t out[4];
+  ps_philox4x32(out, ctr, r->key);
+  return out[index & 3];
+}
+
+float ps_rng_uniform(const ps_rng *r, uint64_t index) {
+  return (float)(ps_rng_u32(r, index) >> 8) * (1.0f / 16777216.0f);
+}
+
+double ps_rng_uniform_open_f64(const ps_rng *r, uint64_t index) {
+  uint64_t hi = ps_rng_u32(r, 2 * index), lo = ps_rng_u32(r, 2 * index + 1);
+  uint64_t bits = ((hi << 32) | lo) >> 11;       // 53 bits
+  return ((double)bits + 0.5) * (1.0 / 9007199254740992.0); // (0, 1)
+}
+
+double ps_rng_normal(const ps_rng *r, uint64_t index) {
+  double u1 = ps_rng_uniform_open_f64(r, 2 * index), u2 = ps_rng_uniform_open_f64(r, 2 * index + 1);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+uint64_t ps_rng_below(const ps_rng *r, uint64_t index, uint64_t n) {
+  uint64_t x = ((uint64_t)ps_rng_u32(r, 2 * index) << 32) | ps_rng_u32(r, 2 * index + 1);
+  return (uint64_t)(((unsigned __int128)x * n) >> 64);
+}
+
+void ps_rng_permutation(const ps_rng *r, int64_t *perm, int64_t n) {
+  for (int64_t i = 0; i < n; i++) perm[i] = i;
+  for (int64_t i = n - 1; i > 0; i--) {
+    int64_t j = (int64_t)ps_rng_below(r, (uint64_t)i, (uint64_t)(i + 1));
+    int64_t t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}
