@@ -1,0 +1,88 @@
+// ps_comm: the communicator. MPI backend on host buffers, NCCL backend on
+// device buffers (bootstrapped over MPI). Counts are ELEMENT counts.
+// Never knows about layers; the gradient synchronizer works on a flat buffer.
+#ifndef PS_COMM_H
+#define PS_COMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ps_status.h"
+#include "ps_tensor.h" // ps_dtype, ps_device
+
+typedef enum { PS_COMM_AUTO = 0, PS_COMM_MPI, PS_COMM_NCCL, PS_COMM_BACKEND_COUNT } ps_comm_backend;
+typedef enum { PS_OP_SUM = 0, PS_OP_MAX, PS_OP_MIN, PS_OP_COUNT } ps_comm_op;
+const char *ps_comm_backend_name(ps_comm_backend b);
+ps_status ps_comm_backend_parse(const char *s, ps_comm_backend *out);
+
+typedef struct ps_comm ps_comm; // opaque
+
+typedef struct {
+  ps_comm_backend backend; // AUTO: NCCL when `device` is PS_CUDA and NCCL is built, else MPI
+  ps_device device;        // where collective buffers live
+  int threads_per_rank;    // 0: from OMP_NUM_THREADS / SLURM_CPUS_PER_TASK / cores per local rank
+} ps_comm_options;
+
+// Initializes MPI if needed (singleton runs without a launcher work), reads
+// rank/size/local rank/local size/node count, binds the local rank to a GPU
+// when device == PS_CUDA. Collectives of one ps_comm are issued in the same
+// order on every rank.
+ps_status ps_comm_init(ps_comm **out, int *argc, char ***argv, const ps_comm_options *opt);
+// Finalizes MPI if ps_comm_init initialized it.
+void ps_comm_finalize(ps_comm *c);
+// Ends the job from any rank: MPI_Abort on the world (for fatal errors only).
+void ps_comm_abort(ps_comm *c, int code);
+
+int ps_comm_rank(const ps_comm *c);
+int ps_comm_size(const ps_comm *c);
+int ps_comm_local_rank(const ps_comm *c);
+int ps_comm_local_size(const ps_comm *c);
+int ps_comm_node_count(const ps_comm *c);
+int ps_comm_threads(const ps_comm *c);
+ps_comm_backend ps_comm_get_backend(const ps_comm *c);
+
+#define PS_IN_PLACE NULL
+// send == PS_IN_PLACE reduces recv in place.
+ps_status ps_comm_allreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t, ps_comm_op op);
+// recv holds size * count elements, rank r's at offset r * count.
+ps_status ps_comm_allgather(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t);
+// recv_counts[r] elements from rank r, packed in rank order.
+ps_status ps_comm_allgatherv(ps_comm *c, const void *send, int64_t send_count, void *recv,
+                             const int64_t *recv_counts, ps_dtype t);
+ps_status ps_comm_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype t, int root);
+ps_status ps_comm_barrier(ps_comm *c);
+
+// Status agreement before the next collective: every rank learns the worst
+// (highest) status of all ranks. Use it after any step that can fail on one
+// rank so that the others do not block in a collective.
+ps_status ps_comm_agree(ps_comm *c, ps_status local, ps_status *global);
+
+// Asynchronous variants.
+typedef struct ps_comm_request ps_comm_request;
+ps_status ps_comm_iallreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t, ps_comm_op op,
+                             ps_comm_request **req);
+ps_status ps_comm_test(ps_comm_request *req, bool *done);
+ps_status ps_comm_wait(ps_comm_request *req); // frees req
+
+// ---- bucketed gradient synchronization -----------------------------------
+// Buckets are slices of one flat gradient buffer, filled from the END of the
+// buffer toward the start (backward visits layers in reverse). A bucket's
+// all-reduce (sum) starts as soon as every gradient in it is final and runs on
+// its own duplicated communicator, overlapping the rest of the backward.
+typedef struct ps_grad_sync ps_grad_sync;
+typedef struct {
+  double compute_s;   // time between begin and the last ready() call
+  double comm_wait_s; // time spent blocked in finish()/progress
+  double total_s;     // begin -> finish
+  int buckets;
+} ps_grad_sync_timing;
+
+ps_status ps_grad_sync_create(ps_grad_sync **out, ps_comm *c, float *grads, int64_t count, int64_t bucket_bytes);
+void ps_grad_sync_destroy(ps_grad_sync *s);
+ps_status ps_grad_sync_begin(ps_grad_sync *s);
+// Gradients at element offsets [first_final, count) are final: start every
+// bucket that lies entirely inside, and drive progress of those in flight.
+ps_status ps_grad_sync_ready(ps_grad_sync *s, int64_t first_final);
+ps_status ps_grad_sync_finish(ps_grad_sync *s, ps_grad_sync_timing *timing);
+
+#endif
