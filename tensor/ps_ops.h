@@ -59,6 +59,7 @@ ps_status ps_logsumexp_backward(ps_tensor *din, const ps_tensor *dout, const ps_
 // ---- reductions over one axis of a (A, B, C) view: axis 0..2 ------------------
 // in viewed as (outer, axis_len, inner); out has the axis removed.
 typedef enum { PS_REDUCE_SUM = 0, PS_REDUCE_MEAN, PS_REDUCE_COUNT } ps_reduce;
+const char *ps_reduce_name(ps_reduce r);
 ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_reduce op);
 ps_status ps_reduce_backward(ps_tensor *din, const ps_tensor *dout, int axis, ps_reduce op);
 

@@ -1,0 +1,37 @@
+// Shared by the CPU op files (ops_*.c): argument checks and device dispatch.
+// Not a public header.
+#ifndef PS_OPS_INTERNAL_H
+#define PS_OPS_INTERNAL_H
+
+#include <limits.h>
+
+#include "ps_ops.h"
+
+// All non-NULL tensors of one call must share a device. CUDA tensors report
+// PS_ERR_UNSUPPORTED until the CUDA backend lands; returns PS_OK for CPU.
+ps_status ps_ops_device_check(const char *op, const char *file, int line, int n, const ps_tensor *const *ts);
+#define PS_OPS_TENSORS_(...) (const ps_tensor *const[]){__VA_ARGS__}
+#define PS_OPS_NTENSORS_(...) ((int)(sizeof(PS_OPS_TENSORS_(__VA_ARGS__)) / sizeof(const ps_tensor *)))
+#define PS_OPS_CPU(op, ...)                                                                        \
+  PS_TRY(ps_ops_device_check(op, __FILE__, __LINE__, PS_OPS_NTENSORS_(__VA_ARGS__), PS_OPS_TENSORS_(__VA_ARGS__)))
+
+// `t` (named `what` in messages) has dtype `dt`; `numel` >= 0 also checks the element count.
+ps_status ps_ops_check(const char *op, const char *what, const ps_tensor *t, ps_dtype dt, int64_t numel,
+                       const char *file, int line);
+#define PS_OPS_CHECK(op, t, dt, numel) PS_TRY(ps_ops_check(op, #t, t, dt, numel, __FILE__, __LINE__))
+#define PS_OPS_CHECK_OPT(op, t, dt, numel)                                                         \
+  do {                                                                                             \
+    if (t) PS_OPS_CHECK(op, t, dt, numel);                                                         \
+  } while (0)
+
+// Last dim and the product of the others: a tensor seen as a (rows, cols) matrix.
+static inline int64_t ps_ops_cols(const ps_tensor *t) { return t->ndim ? t->shape[t->ndim - 1] : 1; }
+static inline int64_t ps_ops_rows(const ps_tensor *t) {
+  int64_t c = ps_ops_cols(t);
+  return c ? ps_tensor_numel(t) / c : 0;
+}
+
+// Element counts below which OpenMP is not worth waking threads.
+#define PS_OPS_PAR_MIN 32768
+
+#endif
