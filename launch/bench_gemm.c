@@ -214,8 +214,10 @@ int ps_bench_gemm(int argc, char **argv) {
   }
   ps_ops_set_threads(threads);
   const char *core = getenv("OPENBLAS_CORETYPE");
-  printf("# pansurv bench gemm: threads %d (OpenBLAS %d), %s, OPENBLAS_CORETYPE=%s\n", ps_ops_get_threads(),
-         openblas_get_num_threads(), openblas_get_config(), core ? core : "(unset)");
+  const char *l2 = getenv("OPENBLAS_L2_SIZE");
+  printf("# pansurv bench gemm: %d threads (OpenMP; raw sgemm: OpenBLAS threads), %s, OPENBLAS_CORETYPE=%s "
+         "OPENBLAS_L2_SIZE=%s\n",
+         ps_ops_get_threads(), openblas_get_config(), core ? core : "(unset)", l2 ? l2 : "(unset)");
   printf("# warm-up %d, median of %d timed iterations; raw = cblas_sgemm of the equivalent GEMM "
          "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product)\n",
          warmup, iters);
@@ -251,12 +253,16 @@ int ps_bench_gemm(int argc, char **argv) {
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_op = ts[iters / 2];
     int64_t wrong = count_wrong(&s);
+    // The raw column is OpenBLAS with its own threads (its best case); the ops keep
+    // OpenBLAS single-threaded and split GEMMs over OpenMP (docs/threads.md).
+    openblas_set_num_threads(ps_ops_get_threads());
     for (int i = 0; i < warmup; i++) run_raw(&s);
     for (int i = 0; i < iters; i++) {
       double t0 = now_us();
       run_raw(&s);
       ts[i] = now_us() - t0;
     }
+    ps_ops_set_threads(0); // back to single-threaded OpenBLAS for the next op
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_raw = ts[iters / 2];
     double g_op = flops / t_op * 1e-3, g_raw = flops / t_raw * 1e-3;

@@ -11,7 +11,6 @@
 // The lowering lives behind conv_forward_im2col / conv_backward_im2col so a
 // faster one (e.g. a direct 3x3 kernel or a batched implicit GEMM) can replace
 // it without touching the public API or the workspace contract.
-#include <cblas.h>
 #include <omp.h>
 #include <string.h>
 
@@ -116,17 +115,9 @@ static bool conv_is_pointwise(const conv_dims *d) {
   return d->KH == 1 && d->KW == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
 }
 
-// Runs OpenMP over images with OpenBLAS single-threaded inside (restored after).
-#define CONV_PARALLEL_BEGIN(T)                                                                     \
-  int blas_threads_ = openblas_get_num_threads();                                                  \
-  if ((T) > 1) openblas_set_num_threads(1);
-#define CONV_PARALLEL_END(T)                                                                       \
-  if ((T) > 1) openblas_set_num_threads(blas_threads_);
-
 static void conv_forward_im2col(float *y, const float *x, const float *w, const float *b, const conv_dims *d,
                                 float *ws, int T) {
   const int64_t slice = conv_slice_floats(d);
-  CONV_PARALLEL_BEGIN(T)
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
   for (int64_t n = 0; n < d->N; n++) {
     float *col = ws + (int64_t)omp_get_thread_num() * slice;
@@ -140,10 +131,8 @@ static void conv_forward_im2col(float *y, const float *x, const float *w, const 
         for (int64_t i = 0; i < d->P; i++) yn[o * d->P + i] = b[o];
       beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d->OC, (int)d->P, (int)d->CKK, 1.0f, w,
-                (int)d->CKK, col, (int)d->P, beta, yn, (int)d->P);
+    ps_ops_sgemm(false, false, d->OC, d->P, d->CKK, 1.0f, w, d->CKK, col, d->P, beta, yn, d->P);
   }
-  CONV_PARALLEL_END(T)
 }
 
 static void conv_backward_im2col(float *dx, float *dw, const float *g, const float *x, const float *w,
@@ -152,7 +141,6 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
   // With one thread dw accumulates in place; with several each owns a partial, summed in thread order.
   if (dw && T > 1)
     for (int t = 0; t < T; t++) memset(ws + t * slice + d->CKK * d->P, 0, (size_t)wn * sizeof(float));
-  CONV_PARALLEL_BEGIN(T)
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
   for (int64_t n = 0; n < d->N; n++) {
     int t = omp_get_thread_num();
@@ -165,19 +153,17 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
         c = col;
       }
       // dw (OC, CKK) += dout[n] (OC, P) · col^T (P, CKK)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)d->OC, (int)d->CKK, (int)d->P, 1.0f, gn, (int)d->P,
-                  c, (int)d->P, 1.0f, dwt, (int)d->CKK);
+      ps_ops_sgemm(false, true, d->OC, d->CKK, d->P, 1.0f, gn, d->P, c, d->P, 1.0f, dwt, d->CKK);
     }
     if (dx) {
       float *dxn = dx + n * d->C * d->H * d->W;
       // dcol (CKK, P) = w^T (CKK, OC) · dout[n] (OC, P); pointwise: straight into dx.
       bool pw = conv_is_pointwise(d);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d->CKK, (int)d->P, (int)d->OC, 1.0f, w,
-                  (int)d->CKK, gn, (int)d->P, pw ? 1.0f : 0.0f, pw ? dxn : col, (int)d->P);
+      ps_ops_sgemm(true, false, d->CKK, d->P, d->OC, 1.0f, w, d->CKK, gn, d->P, pw ? 1.0f : 0.0f, pw ? dxn : col,
+                   d->P);
       if (!pw) col2im_add(dxn, col, d);
     }
   }
-  CONV_PARALLEL_END(T)
   if (dw && T > 1)
     for (int t = 0; t < T; t++) {
       const float *part = ws + t * slice + d->CKK * d->P;
@@ -185,14 +171,17 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
     }
 }
 
-// Threads that fit the given workspace (at least one slice is required).
+// Images in parallel (T threads, each on its own workspace slice, BLAS called
+// single-threaded inside) when the batch has at least one image per thread and
+// the workspace holds T slices; otherwise images one after another with each
+// GEMM split across the threads (T = 1: one slice).
 static ps_status conv_threads_for(const char *op, const conv_dims *d, const ps_tensor *workspace, int *T) {
   int64_t slice = conv_slice_floats(d), have = ps_tensor_numel(workspace);
   PS_REQUIRE(have >= slice, "%s: workspace has %lld floats, need at least %lld (ps_conv2d_workspace_floats)", op,
              (long long)have, (long long)slice);
-  int t = conv_plan_threads(d);
-  if (t > have / slice) t = (int)(have / slice);
-  *T = t;
+  int t = omp_in_parallel() ? 1 : omp_get_max_threads();
+  *T = (t > 1 && d->N >= t && have / slice >= t) ? t : 1;
+  ps_ops_blas_single_thread();
   return PS_OK;
 }
 

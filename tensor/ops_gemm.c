@@ -10,16 +10,48 @@
 
 #include "ops_internal.h"
 
-static int ps_ops_threads = 0; // 0: never set, OpenMP/OpenBLAS defaults apply
-
+// One thread pool owns the cores: OpenMP. OpenBLAS (the pthread build on
+// Debian) keeps its own pool whose workers spin after each call; alternating
+// OpenMP regions and threaded BLAS calls then makes the two pools fight over
+// the same cores (measured: a linear layer 5-8x slower on 2 cores). So BLAS is
+// called single-threaded, and ps_ops_sgemm splits large products across the
+// OpenMP threads itself.
 void ps_ops_set_threads(int nthreads) {
-  if (nthreads <= 0) return;
-  ps_ops_threads = nthreads;
-  omp_set_num_threads(nthreads);
-  openblas_set_num_threads(nthreads);
+  if (nthreads > 0) omp_set_num_threads(nthreads);
+  ps_ops_blas_single_thread();
 }
 
-int ps_ops_get_threads(void) { return ps_ops_threads > 0 ? ps_ops_threads : omp_get_max_threads(); }
+int ps_ops_get_threads(void) { return omp_get_max_threads(); }
+
+void ps_ops_blas_single_thread(void) {
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
+void ps_ops_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                  const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+  ps_ops_blas_single_thread();
+  int T = omp_in_parallel() ? 1 : omp_get_max_threads();
+  // Below ~4 MFLOP the fork/join costs more than it saves.
+  if (T <= 1 || 2.0 * (double)M * (double)N * (double)K < 4e6) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N,
+                (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+    return;
+  }
+  // Split the larger of M and N into T slabs (multiples of 16, the kernels' register width).
+  bool by_rows = M >= N;
+  int64_t dim = by_rows ? M : N, chunk = ((dim + T - 1) / T + 15) / 16 * 16;
+  int64_t nchunks = (dim + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) num_threads(T)
+  for (int64_t c = 0; c < nchunks; c++) {
+    int64_t lo = c * chunk, len = dim - lo < chunk ? dim - lo : chunk;
+    if (by_rows) // rows lo.. of C and of op(A): A is (M, K) or, transposed, (K, M)
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)len, (int)N,
+                  (int)K, alpha, ta ? A + lo : A + lo * lda, (int)lda, B, (int)ldb, beta, C + lo * ldc, (int)ldc);
+    else // columns lo.. of C and of op(B): B is (K, N) or, transposed, (N, K)
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)len,
+                  (int)K, alpha, A, (int)lda, tb ? B + lo * ldb : B + lo, (int)ldb, beta, C + lo, (int)ldc);
+  }
+}
 
 ps_status ps_ops_device_check(const char *op, const char *file, int line, int n, const ps_tensor *const *ts) {
   int dev = -1;
@@ -94,8 +126,7 @@ ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_ten
     }
     return PS_OK;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)M,
-              (int)N, (int)K, alpha, ps_f32(a), (int)ac, ps_f32(b), (int)bc, beta, o, (int)N);
+  ps_ops_sgemm(trans_a, trans_b, M, N, K, alpha, ps_f32(a), ac, ps_f32(b), bc, beta, o, N);
   return PS_OK;
 }
 

@@ -31,6 +31,14 @@ static inline int64_t ps_ops_rows(const ps_tensor *t) {
   return c ? ps_tensor_numel(t) / c : 0;
 }
 
+// OpenBLAS single-threaded (idempotent): OpenMP owns the cores, see ops_gemm.c.
+void ps_ops_blas_single_thread(void);
+// Row-major sgemm, C (M, N) = alpha op(A) op(B) + beta C, split across the
+// OpenMP threads by rows or columns of C (single BLAS call when small or when
+// already inside a parallel region). Sizes must fit in int (callers check).
+void ps_ops_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                  const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+
 // Element counts below which OpenMP is not worth waking threads.
 #define PS_OPS_PAR_MIN 32768
 

@@ -12,7 +12,9 @@
 
 #include "ps_tensor.h"
 
-// Threads used by CPU kernels (OpenMP) and OpenBLAS; 0 = leave as is.
+// Threads used by CPU kernels (OpenMP); 0 = leave as is. OpenBLAS is held at
+// one thread (the ops split GEMMs across the OpenMP threads themselves) so one
+// thread pool owns the cores; see docs/threads.md.
 void ps_ops_set_threads(int nthreads);
 int ps_ops_get_threads(void);
 

@@ -39,6 +39,25 @@ static int test_gemm_forward(void) {
         // sgemm sums K=17 products of |.|<1 in float: error < K * 2^-24 * sum|terms| ~ 1e-6.
         ot_expect_close(what, ps_f32(&out), ref, M * N, 1e-5, 1e-5);
       }
+  // Large enough (> 4 MFLOP) to be split across 2 OpenMP threads, by rows (M >= N) and by columns.
+  ps_ops_set_threads(2);
+  const int64_t big[2][3] = {{200, 37, 300}, {37, 200, 300}};
+  for (int s = 0; s < 2; s++)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        int64_t m = big[s][0], n = big[s][1], k = big[s][2];
+        ps_tensor a = ta ? OT_RAND(-1, 1, k, m) : OT_RAND(-1, 1, m, k);
+        ps_tensor b = tb ? OT_RAND(-1, 1, n, k) : OT_RAND(-1, 1, k, n);
+        ps_tensor bias = OT_RAND(-1, 1, n), out = OT_RAND(-1, 1, m, n), out0 = ot_copy(&out);
+        TU_OK(ps_gemm(&out, &a, ta, &b, tb, &bias, 0.5f, 0.25f));
+        double *ref = malloc((size_t)(m * n) * sizeof(double));
+        gemm_ref(ref, ps_f32(&a), ta, ps_f32(&b), tb, ps_f32(&bias), 0.5f, 0.25f, ps_f32(&out0), m, n, k);
+        char what[64];
+        snprintf(what, sizeof what, "gemm %s split ta=%d tb=%d, 2 threads", s ? "column" : "row", ta, tb);
+        ot_expect_close(what, ps_f32(&out), ref, m * n, 1e-4, 1e-5); // K = 300: error ~ sqrt(K) ulps of sum|ab|
+        free(ref);
+      }
+  ps_ops_set_threads(1);
   // A batched (B, T, K) input is a (B*T, K) matrix.
   ps_tensor a3 = OT_RAND(-1, 1, 2, 3, 4), b2 = OT_RAND(-1, 1, 4, 5), o3 = OT_ZEROS(2, 3, 5);
   TU_OK(ps_gemm(&o3, &a3, false, &b2, false, NULL, 1, 0));
