@@ -16,8 +16,8 @@
 #include "ps_ops.h"
 #include "ps_rng.h"
 
-typedef enum { BENCH_GEMM = 0, BENCH_LINEAR, BENCH_CONV, BENCH_KIND_COUNT } bench_kind;
-static const char *const bench_kind_names[] = {"gemm", "linear", "conv2d"};
+typedef enum { BENCH_GEMM = 0, BENCH_LINEAR, BENCH_CONV, BENCH_CONV_BWD, BENCH_KIND_COUNT } bench_kind;
+static const char *const bench_kind_names[] = {"gemm", "linear", "conv2d", "conv_bwd"};
 _Static_assert(sizeof bench_kind_names / sizeof bench_kind_names[0] == BENCH_KIND_COUNT, "bench kind names");
 
 typedef struct {
@@ -39,6 +39,9 @@ static const bench_case cases[] = {
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
+    {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
+    {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
+    {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
 };
 
 static double now_us(void) {
@@ -61,27 +64,37 @@ static float *alloc_uniform(int64_t n, uint64_t stream) {
   return p;
 }
 
+// One raw cblas_sgemm: C (M, N) = op(A) · op(B).
+typedef struct {
+  int M, N, K;
+  bool ta, tb;
+  float *a, *b, *c;
+} raw_gemm;
+
 typedef struct {
   const bench_case *c;
-  ps_tensor out, a, b, bias, ws;
+  ps_tensor out, a, b, bias, ws; // conv_bwd: out is dout
+  ps_tensor din, dw, db;         // conv_bwd only
   ps_conv2d_params p;
-  // raw sgemm operands of the equivalent shape
-  int rM, rN, rK;
-  bool rta, rtb;
-  float *ra, *rb, *rc;
+  raw_gemm raw[2]; // the equivalent GEMM(s); conv_bwd has two (dw and dcol)
+  int nraw;
 } bench_state;
 
 static ps_status run_op(bench_state *s) {
   switch (s->c->kind) {
   case BENCH_GEMM: return ps_gemm(&s->out, &s->a, s->c->ta, &s->b, s->c->tb, s->c->bias ? &s->bias : NULL, 1, 0);
   case BENCH_LINEAR: return ps_linear_forward(&s->out, &s->a, &s->b, &s->bias);
-  default: return ps_conv2d_forward(&s->out, &s->a, &s->b, &s->bias, &s->p, &s->ws);
+  case BENCH_CONV: return ps_conv2d_forward(&s->out, &s->a, &s->b, &s->bias, &s->p, &s->ws);
+  default: return ps_conv2d_backward(&s->din, &s->dw, &s->db, &s->out, &s->a, &s->b, &s->p, &s->ws);
   }
 }
 
 static void run_raw(bench_state *s) {
-  cblas_sgemm(CblasRowMajor, s->rta ? CblasTrans : CblasNoTrans, s->rtb ? CblasTrans : CblasNoTrans, s->rM, s->rN,
-              s->rK, 1.0f, s->ra, s->rta ? s->rM : s->rK, s->rb, s->rtb ? s->rK : s->rN, 0.0f, s->rc, s->rN);
+  for (int i = 0; i < s->nraw; i++) {
+    const raw_gemm *r = &s->raw[i];
+    cblas_sgemm(CblasRowMajor, r->ta ? CblasTrans : CblasNoTrans, r->tb ? CblasTrans : CblasNoTrans, r->M, r->N, r->K,
+                1.0f, r->a, r->ta ? r->M : r->K, r->b, r->tb ? r->K : r->N, 0.0f, r->c, r->N);
+  }
 }
 
 // Reference value of output `idx` in double, with the sum of |terms| for the tolerance.
@@ -90,7 +103,7 @@ static double reference(const bench_state *s, int64_t idx, double *mag) {
   const float *a = ps_f32(&s->a), *b = ps_f32(&s->b), *bias = ps_f32(&s->bias);
   double acc = 0;
   *mag = 0;
-  if (c->kind != BENCH_CONV) {
+  if (c->kind == BENCH_GEMM || c->kind == BENCH_LINEAR) {
     int64_t i = idx / c->N, j = idx % c->N;
     for (int64_t k = 0; k < c->K; k++) {
       double t = (double)(c->ta ? a[k * c->M + i] : a[i * c->K + k]) * (c->tb ? b[j * c->K + k] : b[k * c->N + j]);
@@ -113,15 +126,73 @@ static double reference(const bench_state *s, int64_t idx, double *mag) {
   return acc + bias[o];
 }
 
+// conv_bwd: din[idx] (which = 0) or dw[idx] (which = 1) in double, after one backward from zero.
+static double reference_bwd(const bench_state *s, int which, int64_t idx, double *mag) {
+  const bench_case *c = s->c;
+  const float *x = ps_f32(&s->a), *w = ps_f32(&s->b), *g = ps_f32(&s->out);
+  int64_t H = c->H, W = c->W;
+  double acc = 0;
+  *mag = 0;
+  if (which == 0) { // din[n, ci, ih, iw] = sum_o,kh,kw dout[n, o, ih+1-kh, iw+1-kw] w[o, ci, kh, kw]
+    int64_t n = idx / (c->C * H * W), ci = idx / (H * W) % c->C, ih = idx % (H * W) / W, iw = idx % W;
+    for (int64_t o = 0; o < c->OC; o++)
+      for (int64_t kh = 0; kh < 3; kh++)
+        for (int64_t kw = 0; kw < 3; kw++) {
+          int64_t oh = ih + 1 - kh, ow = iw + 1 - kw;
+          if (oh < 0 || oh >= H || ow < 0 || ow >= W) continue;
+          double t = (double)g[((n * c->OC + o) * H + oh) * W + ow] * w[((o * c->C + ci) * 3 + kh) * 3 + kw];
+          acc += t;
+          *mag += fabs(t);
+        }
+    return acc;
+  }
+  // dw[o, ci, kh, kw] = sum_n,oh,ow dout[n, o, oh, ow] in[n, ci, oh-1+kh, ow-1+kw]
+  int64_t o = idx / (c->C * 9), ci = idx / 9 % c->C, kh = idx % 9 / 3, kw = idx % 3;
+  for (int64_t n = 0; n < c->B; n++)
+    for (int64_t oh = 0; oh < H; oh++)
+      for (int64_t ow = 0; ow < W; ow++) {
+        int64_t ih = oh - 1 + kh, iw = ow - 1 + kw;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+        double t = (double)g[((n * c->OC + o) * H + oh) * W + ow] * x[((n * c->C + ci) * H + ih) * W + iw];
+        acc += t;
+        *mag += fabs(t);
+      }
+  return acc;
+}
+
 static int64_t count_wrong(const bench_state *s) {
-  enum { SAMPLES = 512 };
-  int64_t n = ps_tensor_numel(&s->out), wrong = 0;
+  enum { SAMPLES = 512, SAMPLES_DW = 32 };
+  int64_t wrong = 0;
   ps_rng r = ps_rng_make(7, ps_rng_stream(PS_RNG_TEST, 99, 0, 0));
-  for (int i = 0; i < SAMPLES; i++) {
-    int64_t idx = i == 0 ? 0 : i == 1 ? n - 1 : (int64_t)ps_rng_below(&r, (uint64_t)i, (uint64_t)n);
-    double mag, want = reference(s, idx, &mag), got = ps_f32(&s->out)[idx];
-    // float accumulation error is well below 1e-4 of the summed |terms|; a wrong index is O(1) off.
-    if (!(fabs(got - want) <= 1e-4 * mag + 1e-5)) wrong++;
+  // float accumulation error is well below 1e-4 of the summed |terms|; a wrong index is O(1) off.
+  if (s->c->kind != BENCH_CONV_BWD) {
+    int64_t n = ps_tensor_numel(&s->out);
+    for (int i = 0; i < SAMPLES; i++) {
+      int64_t idx = i == 0 ? 0 : i == 1 ? n - 1 : (int64_t)ps_rng_below(&r, (uint64_t)i, (uint64_t)n);
+      double mag, want = reference(s, idx, &mag), got = ps_f32(&s->out)[idx];
+      if (!(fabs(got - want) <= 1e-4 * mag + 1e-5)) wrong++;
+    }
+    return wrong;
+  }
+  for (int which = 0; which < 2; which++) {
+    const ps_tensor *t = which ? &s->dw : &s->din;
+    int64_t n = ps_tensor_numel(t);
+    for (int i = 0; i < (which ? SAMPLES_DW : SAMPLES); i++) {
+      int64_t idx = i == 0 ? 0 : i == 1 ? n - 1 : (int64_t)ps_rng_below(&r, (uint64_t)(i + 1000 * which), (uint64_t)n);
+      double mag, want = reference_bwd(s, which, idx, &mag), got = ps_f32(t)[idx];
+      if (!(fabs(got - want) <= 1e-4 * mag + 1e-5)) wrong++;
+    }
+  }
+  // db[o] = sum of dout over (n, p)
+  for (int64_t o = 0; o < s->c->OC; o++) {
+    double acc = 0, mag = 0;
+    for (int64_t n = 0; n < s->c->B; n++)
+      for (int64_t q = 0; q < s->c->H * s->c->W; q++) {
+        double v = ps_f32(&s->out)[(n * s->c->OC + o) * s->c->H * s->c->W + q];
+        acc += v;
+        mag += fabs(v);
+      }
+    if (!(fabs(ps_f32(&s->db)[o] - acc) <= 1e-4 * mag + 1e-5)) wrong++;
   }
   return wrong;
 }
@@ -132,15 +203,20 @@ static void state_free(bench_state *s) {
   free(s->bias.data);
   free(s->out.data);
   free(s->ws.data);
-  free(s->rb);
-  free(s->rc);
-  if (s->ra != s->a.data) free(s->ra);
+  free(s->din.data);
+  free(s->dw.data);
+  free(s->db.data);
+  for (int i = 0; i < s->nraw; i++) {
+    free(s->raw[i].b);
+    free(s->raw[i].c);
+    if (s->raw[i].a != s->a.data) free(s->raw[i].a);
+  }
 }
 
 static int state_init(bench_state *s, const bench_case *c, char *shape, size_t shape_len, double *flops) {
   memset(s, 0, sizeof *s);
   s->c = c;
-  if (c->kind != BENCH_CONV) {
+  if (c->kind == BENCH_GEMM || c->kind == BENCH_LINEAR) {
     int64_t ar = c->ta ? c->K : c->M, ac = c->ta ? c->M : c->K;
     int64_t br = c->kind == BENCH_LINEAR ? c->N : (c->tb ? c->N : c->K);
     int64_t bc = c->kind == BENCH_LINEAR ? c->K : (c->tb ? c->K : c->N);
@@ -149,10 +225,9 @@ static int state_init(bench_state *s, const bench_case *c, char *shape, size_t s
     s->bias = ps_tensor_wrap(alloc_uniform(c->N, 3), PS_F32, PS_CPU, 1, (int64_t[]){c->N});
     s->out = ps_tensor_wrap(alloc_uniform(c->M * c->N, 4), PS_F32, PS_CPU, 2, (int64_t[]){c->M, c->N});
     s->ws = ps_tensor_wrap(NULL, PS_F32, PS_CPU, 1, (int64_t[]){0});
-    s->rM = (int)c->M, s->rN = (int)c->N, s->rK = (int)c->K, s->rta = c->ta, s->rtb = c->tb;
-    s->ra = ps_f32(&s->a);
-    s->rb = alloc_uniform(br * bc, 5);
-    s->rc = alloc_uniform(c->M * c->N, 6);
+    s->nraw = 1;
+    s->raw[0] = (raw_gemm){(int)c->M, (int)c->N, (int)c->K, c->ta, c->tb, ps_f32(&s->a), alloc_uniform(br * bc, 5),
+                           alloc_uniform(c->M * c->N, 6)};
     *flops = 2.0 * c->M * c->N * c->K;
     if (c->kind == BENCH_LINEAR)
       snprintf(shape, shape_len, "%lldx%lld->%lld+b", (long long)c->M, (long long)c->K, (long long)c->N);
@@ -168,19 +243,33 @@ static int state_init(bench_state *s, const bench_case *c, char *shape, size_t s
     s->out = ps_tensor_wrap(alloc_uniform(c->B * c->OC * P, 4), PS_F32, PS_CPU, 4, (int64_t[]){c->B, c->OC, c->H, c->W});
     int64_t wsn = ps_conv2d_workspace_floats(&s->a, &s->b, &s->p);
     s->ws = ps_tensor_wrap(alloc_uniform(wsn, 7), PS_F32, PS_CPU, 1, (int64_t[]){wsn});
-    // Raw equivalent: the whole batch as one GEMM, (OC, CKK) · (CKK, B*P).
-    s->rM = (int)c->OC, s->rN = (int)(c->B * P), s->rK = (int)CKK;
-    s->ra = alloc_uniform(c->OC * CKK, 8);
-    s->rb = alloc_uniform(CKK * c->B * P, 5);
-    s->rc = alloc_uniform(c->OC * c->B * P, 6);
-    *flops = 2.0 * c->B * c->OC * P * CKK;
+    int iM = (int)c->OC, iN = (int)(c->B * P), iK = (int)CKK;
+    if (c->kind == BENCH_CONV) {
+      // Raw equivalent: the whole batch as one GEMM, (OC, CKK) · (CKK, B*P).
+      s->nraw = 1;
+      s->raw[0] = (raw_gemm){iM, iN, iK, false, false, alloc_uniform(c->OC * CKK, 8), alloc_uniform(CKK * c->B * P, 5),
+                             alloc_uniform(c->OC * c->B * P, 6)};
+      *flops = 2.0 * c->B * c->OC * P * CKK;
+    } else {
+      // Raw equivalent: dw (OC, CKK) = dout (OC, B*P) · col^T, and dcol (CKK, B*P) = w^T (CKK, OC) · dout.
+      s->din = ps_tensor_wrap(alloc_uniform(c->B * c->C * P, 9), PS_F32, PS_CPU, 4, (int64_t[]){c->B, c->C, c->H, c->W});
+      s->dw = ps_tensor_wrap(alloc_uniform(c->OC * CKK, 10), PS_F32, PS_CPU, 4, (int64_t[]){c->OC, c->C, 3, 3});
+      s->db = ps_tensor_wrap(alloc_uniform(c->OC, 11), PS_F32, PS_CPU, 1, (int64_t[]){c->OC});
+      s->nraw = 2;
+      s->raw[0] = (raw_gemm){iM, iK, iN, false, true, alloc_uniform(c->OC * c->B * P, 8), alloc_uniform(CKK * c->B * P, 5),
+                             alloc_uniform(c->OC * CKK, 6)};
+      s->raw[1] = (raw_gemm){iK, iN, iM, true, false, alloc_uniform(c->OC * CKK, 12), alloc_uniform(c->OC * c->B * P, 13),
+                             alloc_uniform(CKK * c->B * P, 14)};
+      *flops = 4.0 * c->B * c->OC * P * CKK;
+    }
     snprintf(shape, shape_len, "%lldx%lldx%lldx%lld->%lld 3x3p1", (long long)c->B, (long long)c->C, (long long)c->H,
              (long long)c->W, (long long)c->OC);
   }
-  return (s->a.data && s->b.data && s->bias.data && s->out.data && s->ra && s->rb && s->rc &&
-          (s->ws.data || c->kind != BENCH_CONV))
-             ? 0
-             : -1;
+  bool ok = s->a.data && s->b.data && s->bias.data && s->out.data;
+  for (int i = 0; i < s->nraw; i++) ok = ok && s->raw[i].a && s->raw[i].b && s->raw[i].c;
+  if (c->kind == BENCH_CONV || c->kind == BENCH_CONV_BWD) ok = ok && s->ws.data;
+  if (c->kind == BENCH_CONV_BWD) ok = ok && s->din.data && s->dw.data && s->db.data;
+  return ok ? 0 : -1;
 }
 
 static int usage(FILE *f) {
@@ -219,7 +308,8 @@ int ps_bench_gemm(int argc, char **argv) {
          "OPENBLAS_L2_SIZE=%s\n",
          ps_ops_get_threads(), openblas_get_config(), core ? core : "(unset)", l2 ? l2 : "(unset)");
   printf("# warm-up %d, median of %d timed iterations; raw = cblas_sgemm of the equivalent GEMM "
-         "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product)\n",
+         "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product; conv_bwd: the dw and dcol products, "
+         "din+dw+db timed)\n",
          warmup, iters);
   printf("%-7s %-24s %12s %10s %18s %7s %7s\n", "op", "shape", "time_us", "GFLOP/s", "raw_sgemm_GFLOP/s", "ratio",
          "#wrong");
@@ -252,7 +342,13 @@ int ps_bench_gemm(int argc, char **argv) {
     }
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_op = ts[iters / 2];
-    int64_t wrong = count_wrong(&s);
+    if (cases[k].kind == BENCH_CONV_BWD) { // backward accumulates: validate one pass from zero
+      ps_tensor_zero(&s.din);
+      ps_tensor_zero(&s.dw);
+      ps_tensor_zero(&s.db);
+      st = run_op(&s);
+    }
+    int64_t wrong = st == PS_OK ? count_wrong(&s) : 1;
     // The raw column is OpenBLAS with its own threads (its best case); the ops keep
     // OpenBLAS single-threaded and split GEMMs over OpenMP (docs/threads.md).
     openblas_set_num_threads(ps_ops_get_threads());

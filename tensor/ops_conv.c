@@ -230,8 +230,7 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
 #pragma omp parallel for schedule(static) if (d.N * d.OC * d.P > PS_OPS_PAR_MIN)
     for (int64_t c = 0; c < d.OC; c++) {
       double s = 0;
-      for (int64_t n = 0; n < d.N; n++)
-        for (int64_t i = 0; i < d.P; i++) s += g[(n * d.OC + c) * d.P + i];
+      for (int64_t n = 0; n < d.N; n++) s += ps_ops_sum(g + (n * d.OC + c) * d.P, d.P);
       o[c] += (float)s;
     }
   }
@@ -322,9 +321,7 @@ ps_status ps_global_avgpool_forward(ps_tensor *out, const ps_tensor *in) {
   float *y = ps_f32(out);
 #pragma omp parallel for schedule(static) if (NC * HW > PS_OPS_PAR_MIN)
   for (int64_t pl = 0; pl < NC; pl++) {
-    double s = 0;
-    for (int64_t i = 0; i < HW; i++) s += x[pl * HW + i];
-    y[pl] = (float)(s / (double)HW);
+    y[pl] = (float)(ps_ops_sum(x + pl * HW, HW) / (double)HW);
   }
   return PS_OK;
 }

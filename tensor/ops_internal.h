@@ -39,6 +39,68 @@ void ps_ops_blas_single_thread(void);
 void ps_ops_sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
+// Double-precision sums over float rows with 8 independent lanes: the lanes
+// vectorize (a single double accumulator is one dependent add per element,
+// ~4x slower), and the order is fixed by n alone, so results do not depend on
+// threads.
+static inline double ps_ops_lanes_total(const double l[8]) {
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+static inline double ps_ops_sum(const float *x, int64_t n) {
+  double l[8] = {0}, s = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) l[k] += x[i + k];
+  for (; i < n; i++) s += x[i];
+  return s + ps_ops_lanes_total(l);
+}
+static inline void ps_ops_sum_sumsq(const float *x, int64_t n, double *sum, double *sumsq) {
+  double l[8] = {0}, q[8] = {0}, s = 0, t = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      double v = x[i + k];
+      l[k] += v;
+      q[k] += v * v;
+    }
+  for (; i < n; i++) {
+    s += x[i];
+    t += (double)x[i] * x[i];
+  }
+  *sum = s + ps_ops_lanes_total(l);
+  *sumsq = t + ps_ops_lanes_total(q);
+}
+// sum((x - mu)^2) over n elements.
+static inline double ps_ops_sumsq_centered(const float *x, double mu, int64_t n) {
+  double l[8] = {0}, s = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      double d = (double)x[i + k] - mu;
+      l[k] += d * d;
+    }
+  for (; i < n; i++) s += ((double)x[i] - mu) * ((double)x[i] - mu);
+  return s + ps_ops_lanes_total(l);
+}
+// sum(g) and sum(g * (x - mu)) over n elements.
+static inline void ps_ops_sum_dot_centered(const float *g, const float *x, double mu, int64_t n, double *sum_g,
+                                           double *dot) {
+  double l[8] = {0}, q[8] = {0}, s = 0, t = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      double gv = g[i + k];
+      l[k] += gv;
+      q[k] += gv * ((double)x[i + k] - mu);
+    }
+  for (; i < n; i++) {
+    s += g[i];
+    t += (double)g[i] * ((double)x[i] - mu);
+  }
+  *sum_g = s + ps_ops_lanes_total(l);
+  *dot = t + ps_ops_lanes_total(q);
+}
+
 // Element counts below which OpenMP is not worth waking threads.
 #define PS_OPS_PAR_MIN 32768
 

@@ -26,10 +26,7 @@ ps_status ps_layernorm_forward(ps_tensor *out, ps_tensor *mean, ps_tensor *rstd,
 #pragma omp parallel for schedule(static) if (n > PS_OPS_PAR_MIN)
   for (int64_t r = 0; r < N; r++) {
     const float *xr = x + r * D;
-    double s = 0;
-    for (int64_t j = 0; j < D; j++) s += xr[j];
-    double m = s / (double)D, v = 0;
-    for (int64_t j = 0; j < D; j++) v += ((double)xr[j] - m) * ((double)xr[j] - m);
+    double m = ps_ops_sum(xr, D) / (double)D, v = ps_ops_sumsq_centered(xr, m, D);
     float fm = (float)m, fr = (float)(1.0 / sqrt(v / (double)D + eps));
     if (mu) mu[r] = fm;
     if (rs) rs[r] = fr;
@@ -125,11 +122,10 @@ ps_status ps_batchnorm_stats(double *sum, double *sumsq, int64_t *count, const p
   for (int64_t c = 0; c < C; c++) {
     double s = 0, q = 0;
     for (int64_t nn = 0; nn < N; nn++) {
-      const float *p = x + (nn * C + c) * S;
-      for (int64_t i = 0; i < S; i++) {
-        s += p[i];
-        q += (double)p[i] * p[i];
-      }
+      double a, b;
+      ps_ops_sum_sumsq(x + (nn * C + c) * S, S, &a, &b);
+      s += a;
+      q += b;
     }
     sum[c] = s;
     sumsq[c] = q;
@@ -225,11 +221,10 @@ ps_status ps_batchnorm_backward_reduce(double *sum_dy, double *sum_dy_xhat, cons
   for (int64_t c = 0; c < C; c++) {
     double s = 0, t = 0;
     for (int64_t nn = 0; nn < N; nn++) {
-      const float *p = x + (nn * C + c) * S, *q = g + (nn * C + c) * S;
-      for (int64_t i = 0; i < S; i++) {
-        s += q[i];
-        t += (double)q[i] * ((double)p[i] - mu[c]);
-      }
+      double a, b;
+      ps_ops_sum_dot_centered(g + (nn * C + c) * S, x + (nn * C + c) * S, mu[c], S, &a, &b);
+      s += a;
+      t += b;
     }
     sum_dy[c] = s;
     sum_dy_xhat[c] = t * rs[c];
