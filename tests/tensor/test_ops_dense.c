@@ -70,6 +70,11 @@ static int test_gemm_forward(void) {
   TU_CHECK(strstr(ps_error_message(), "inner dimensions differ") != NULL, "message: %s", ps_error_message());
   TU_CHECK(ps_gemm(&bad, &a3, false, &b2, false, NULL, 1, 0) == PS_ERR_ARG, "wrong out shape must fail");
   TU_CHECK(strstr(ps_error_message(), "expected (6, 5)") != NULL, "message: %s", ps_error_message());
+  // A failing call writes nothing: every argument is checked before the first store.
+  ps_tensor o35 = OT_RAND(-1, 1, 6, 5), o35c = ot_copy(&o35), bias4 = OT_ZEROS(4);
+  TU_CHECK(ps_gemm(&o35, &a3, false, &b2, false, &bias4, 1, 0) == PS_ERR_ARG, "wrong bias size must fail");
+  TU_CHECK(strstr(ps_error_message(), "bias") != NULL, "message: %s", ps_error_message());
+  TU_CHECK(!memcmp(o35.data, o35c.data, 30 * sizeof(float)), "out modified by a failing call");
   return 0;
 }
 
@@ -278,7 +283,13 @@ static int test_softmax_forward(void) {
   ot_expect_close("masked softmax forward", ps_f32(&c.out), ref, 35, 1e-7, 1e-5);
   for (int i = 0; i < 35; i++)
     if (!ps_u8(&c.mask)[i]) TU_CHECK(ps_f32(&c.out)[i] == 0.0f, "masked entry %d has probability %g", i, ps_f32(&c.out)[i]);
-  // Log-sum-exp over the same rows; the fully masked row is log(0) = -inf.
+  return 0;
+}
+
+static int test_logsumexp_forward(void) {
+  sm_ctx c = {OT_ZEROS(5, 7), OT_RAND(-4, 4, 5, 7), make_mask(), true};
+  ps_f32(&c.in)[1] = 80.0f; // exp(80) overflows float: the running max must shift it
+  // Log-sum-exp over masked rows; the fully masked row is log(0) = -inf.
   ps_tensor lse = OT_ZEROS(5);
   TU_OK(ps_logsumexp_forward(&lse, &c.in, &c.mask));
   double lref[5];
@@ -462,6 +473,7 @@ static const ot_case cases[] = {
     {"tensor_act_grad", test_act_grad},
     {"tensor_softmax_forward", test_softmax_forward},
     {"tensor_softmax_grad", test_softmax_grad},
+    {"tensor_logsumexp_forward", test_logsumexp_forward},
     {"tensor_logsumexp_grad", test_logsumexp_grad},
     {"tensor_reduce_forward", test_reduce_forward},
     {"tensor_reduce_grad", test_reduce_grad},

@@ -116,6 +116,47 @@ static int test_conv_grad(void) {
   return 0;
 }
 
+// The three execution paths (1 thread; images in parallel; images in turn with
+// each GEMM split across threads) agree. Serial single-thread results were
+// checked against finite differences above; these shapes are too big for that.
+static int test_conv_threads(void) {
+  struct {
+    int64_t N, C, H, W, OC;
+  } cfg[] = {
+      {1, 8, 48, 48, 16}, // one image: GEMMs (> 4 MFLOP) split across threads
+      {4, 8, 48, 48, 16}, // images in parallel
+  };
+  const ps_conv2d_params p = {1, 1, 1, 1};
+  for (size_t k = 0; k < 2; k++) {
+    ps_tensor res[3][4]; // [path][out, din, dw, db]
+    ps_ops_set_threads(1);
+    conv_ctx c = conv_make(cfg[k].N, cfg[k].C, cfg[k].H, cfg[k].W, cfg[k].OC, 3, 3, p);
+    ps_tensor dy = ot_uniform(-1, 1, c.out.ndim, c.out.shape);
+    ps_tensor ws1 = ot_copy(&c.ws); // one slice
+    for (int path = 0; path < 3; path++) {
+      // path 0: 1 thread; 1: 2 threads, full workspace; 2: 2 threads, one-slice workspace (serial images)
+      ps_ops_set_threads(path == 0 ? 1 : 2);
+      ps_tensor ws = path == 1 ? ot_zeros(PS_F32, PS_SHAPE(ps_conv2d_workspace_floats(&c.in, &c.w, &p))) : ws1;
+      res[path][0] = ot_zeros(PS_F32, c.out.ndim, c.out.shape);
+      res[path][1] = ot_zeros(PS_F32, c.in.ndim, c.in.shape);
+      res[path][2] = ot_zeros(PS_F32, c.w.ndim, c.w.shape);
+      res[path][3] = ot_zeros(PS_F32, c.b.ndim, c.b.shape);
+      TU_OK(ps_conv2d_forward(&res[path][0], &c.in, &c.w, &c.b, &p, &ws));
+      TU_OK(ps_conv2d_backward(&res[path][1], &res[path][2], &res[path][3], &dy, &c.in, &c.w, &p, &ws));
+    }
+    ps_ops_set_threads(1);
+    static const char *names[] = {"out", "din", "dw", "db"};
+    for (int path = 1; path < 3; path++)
+      for (int t = 0; t < 4; t++) {
+        double e = ps_tu_rel_err(ps_f32(&res[path][t]), ps_f32(&res[0][t]), ps_tensor_numel(&res[0][t]));
+        printf("  conv N=%lld path %d vs 1 thread: %-3s rel %.2e\n", (long long)cfg[k].N, path, names[t], e);
+        // Same products, summed in another order (split GEMM blocking, per-thread dw partials): float rounding.
+        TU_CHECK(e < 1e-6, "conv N=%lld path %d %s differs from 1 thread by %.2e", (long long)cfg[k].N, path, names[t], e);
+      }
+  }
+  return 0;
+}
+
 // ---- pooling ---------------------------------------------------------------------
 
 // Distinct values 0.05 apart (a shuffled ramp): no ties in any window, and a
@@ -456,6 +497,7 @@ static int test_dropout_grad(void) {
 static const ot_case cases[] = {
     {"tensor_conv_forward", test_conv_forward},
     {"tensor_conv_grad", test_conv_grad},
+    {"tensor_conv_threads", test_conv_threads},
     {"tensor_maxpool_forward", test_maxpool_forward},
     {"tensor_maxpool_grad", test_maxpool_grad},
     {"tensor_avgpool_forward", test_avgpool_forward},
