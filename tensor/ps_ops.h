@@ -73,6 +73,8 @@ typedef struct {
 // out (N, OC, OH, OW) = conv(in (N, C, H, W), w (OC, C, KH, KW)) + b (OC) or NULL
 // OH = (H + 2 pad_h - KH) / stride_h + 1. workspace: f32 scratch of at least
 // ps_conv2d_workspace_floats(...) elements (planned once, reused every step).
+// That size is one slice per thread (ps_ops_get_threads() at planning time, at
+// most N); any workspace of at least one slice works, with fewer images in flight.
 int64_t ps_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p);
 ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *w, const ps_tensor *b,
                             const ps_conv2d_params *p, ps_tensor *workspace);
