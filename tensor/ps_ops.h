@@ -53,7 +53,8 @@ ps_status ps_act_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor
 // gradient); a row with no valid entry is all zeros.
 ps_status ps_softmax_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask);
 ps_status ps_softmax_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *out);
-// out (R) = log sum_j exp(in[r, j]) over valid entries (stable, running max)
+// out (R) = log sum_j exp(in[r, j]) over valid entries (stable, running max);
+// -inf for a row with no valid entry, whose backward then adds nothing.
 ps_status ps_logsumexp_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask);
 ps_status ps_logsumexp_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *in, const ps_tensor *out,
                                 const ps_tensor *mask);
@@ -129,6 +130,8 @@ ps_status ps_layernorm_backward(ps_tensor *din, ps_tensor *dgamma, ps_tensor *db
                                 const ps_tensor *gamma);
 
 // ---- dropout (inverted) over rows of (N, D) ----------------------------------------
+// Rows are the leading dims flattened (the last dim is D); 0 <= p < 1; element
+// j of row r is kept iff ps_rng_uniform(ps_rng_make(seed, row_streams[r]), j) >= p.
 // Row r's mask comes from the counter-based RNG stream row_streams[r] (e.g.
 // keyed by step, patient id, layer), element index j, so a row's mask does not
 // depend on which rank or thread computes it. mask (N, D) u8 is saved for backward.
