@@ -70,6 +70,15 @@ static inline void ps_ops_sum_sumsq(const float *x, int64_t n, double *sum, doub
   *sum = s + ps_ops_lanes_total(l);
   *sumsq = t + ps_ops_lanes_total(q);
 }
+// sum(x * y) over n elements.
+static inline double ps_ops_dot(const float *x, const float *y, int64_t n) {
+  double l[8] = {0}, s = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) l[k] += (double)x[i + k] * y[i + k];
+  for (; i < n; i++) s += (double)x[i] * y[i];
+  return s + ps_ops_lanes_total(l);
+}
 // sum((x - mu)^2) over n elements.
 static inline double ps_ops_sumsq_centered(const float *x, double mu, int64_t n) {
   double l[8] = {0}, s = 0;

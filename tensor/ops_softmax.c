@@ -28,13 +28,8 @@ ps_status ps_softmax_forward(ps_tensor *out, const ps_tensor *in, const ps_tenso
       for (int64_t j = 0; j < L; j++) yr[j] = 0.0f;
       continue;
     }
-    double s = 0;
-    for (int64_t j = 0; j < L; j++) {
-      float e = (!mr || mr[j]) ? expf(xr[j] - mx) : 0.0f;
-      yr[j] = e;
-      s += e;
-    }
-    float inv = (float)(1.0 / s);
+    for (int64_t j = 0; j < L; j++) yr[j] = (!mr || mr[j]) ? expf(xr[j] - mx) : 0.0f;
+    float inv = (float)(1.0 / ps_ops_sum(yr, L));
     for (int64_t j = 0; j < L; j++) yr[j] *= inv;
   }
   return PS_OK;
@@ -52,8 +47,7 @@ ps_status ps_softmax_backward(ps_tensor *din, const ps_tensor *dout, const ps_te
 #pragma omp parallel for schedule(static) if (n > PS_OPS_PAR_MIN)
   for (int64_t r = 0; r < R; r++) {
     const float *yr = y + r * L, *gr = g + r * L;
-    double dot = 0;
-    for (int64_t j = 0; j < L; j++) dot += (double)yr[j] * gr[j];
+    double dot = ps_ops_dot(yr, gr, L);
     // Masked entries have y == 0 and so receive exactly no gradient.
     for (int64_t j = 0; j < L; j++)
       if (yr[j] != 0.0f) d[r * L + j] += yr[j] * (gr[j] - (float)dot);
