@@ -61,6 +61,9 @@ static int conv_plan_threads(const conv_dims *d) {
 int64_t ps_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p) {
   conv_dims d = {0};
   if (conv_dims_of("ps_conv2d_workspace_floats", &d, in, w, p) != PS_OK) return -1;
+#if PANSURV_HAVE_CUDA
+  if (in->device == PS_CUDA) return ps_cuda_op_conv2d_workspace_floats(in, w, p);
+#endif
   return conv_plan_threads(&d) * conv_slice_floats(&d);
 }
 
@@ -191,7 +194,7 @@ static ps_status conv_threads_for(const char *op, const conv_dims *d, const ps_t
 ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *w, const ps_tensor *b,
                             const ps_conv2d_params *p, ps_tensor *workspace) {
   static const char op[] = "ps_conv2d_forward";
-  PS_OPS_CPU(op, out, in, w, b, workspace);
+  PS_OPS_DEVICE(op, out, in, w, b, workspace);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   PS_OPS_CHECK(op, w, PS_F32, -1);
   conv_dims d = {0};
@@ -203,6 +206,7 @@ ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor
              (long long)d.N, (long long)d.OC, (long long)d.OH, (long long)d.OW);
   PS_OPS_CHECK_OPT(op, b, PS_F32, d.OC);
   PS_OPS_CHECK(op, workspace, PS_F32, -1);
+  PS_OPS_ON_CUDA(ps_cuda_op_conv2d_forward(out, in, w, b, p, workspace));
   int T = 1;
   PS_TRY(conv_threads_for(op, &d, workspace, &T));
   if (d.N == 0) return PS_OK;
@@ -214,7 +218,7 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
                              const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p,
                              ps_tensor *workspace) {
   static const char op[] = "ps_conv2d_backward";
-  PS_OPS_CPU(op, din, dw, db, dout, in, w, workspace);
+  PS_OPS_DEVICE(op, din, dw, db, dout, in, w, workspace);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   PS_OPS_CHECK(op, w, PS_F32, -1);
   conv_dims d = {0};
@@ -224,6 +228,7 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
   PS_OPS_CHECK_OPT(op, dw, PS_F32, d.OC * d.CKK);
   PS_OPS_CHECK_OPT(op, db, PS_F32, d.OC);
   PS_OPS_CHECK(op, workspace, PS_F32, -1);
+  PS_OPS_ON_CUDA(ps_cuda_op_conv2d_backward(din, dw, db, dout, in, w, p, workspace));
   int T = 1;
   PS_TRY(conv_threads_for(op, &d, workspace, &T));
   if (d.N == 0) return PS_OK;
@@ -247,7 +252,7 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
 
 ps_status ps_maxpool2d_forward(ps_tensor *out, ps_tensor *argmax, const ps_tensor *in, int k, int s) {
   static const char op[] = "ps_maxpool2d_forward";
-  PS_OPS_CPU(op, out, argmax, in);
+  PS_OPS_DEVICE(op, out, argmax, in);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   char buf[96];
   PS_REQUIRE(in->ndim == 4, "%s: in must be (N, C, H, W), got %s", op, ps_tensor_describe(in, buf, sizeof buf));
@@ -261,6 +266,8 @@ ps_status ps_maxpool2d_forward(ps_tensor *out, ps_tensor *argmax, const ps_tenso
              (long long)N, (long long)C, (long long)OH, (long long)OW);
   PS_OPS_CHECK(op, argmax, PS_I32, N * C * OH * OW);
   PS_REQUIRE(H * W <= INT32_MAX, "%s: plane too large for i32 argmax", op);
+  PS_OPS_ON_CUDA(ps_cuda_op_maxpool_forward(ps_f32(out), (int32_t *)argmax->data, ps_f32(in), N * C, H, W, k, s, OH,
+                                            OW));
   const float *x = ps_f32(in);
   float *y = ps_f32(out);
   int32_t *am = (int32_t *)argmax->data;
@@ -288,7 +295,7 @@ ps_status ps_maxpool2d_forward(ps_tensor *out, ps_tensor *argmax, const ps_tenso
 
 ps_status ps_maxpool2d_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *argmax) {
   static const char op[] = "ps_maxpool2d_backward";
-  PS_OPS_CPU(op, din, dout, argmax);
+  PS_OPS_DEVICE(op, din, dout, argmax);
   PS_OPS_CHECK(op, din, PS_F32, -1);
   char buf[96];
   PS_REQUIRE(din->ndim == 4, "%s: din must be (N, C, H, W), got %s", op, ps_tensor_describe(din, buf, sizeof buf));
@@ -298,6 +305,8 @@ ps_status ps_maxpool2d_backward(ps_tensor *din, const ps_tensor *dout, const ps_
   int64_t NC = din->shape[0] * din->shape[1], HW = din->shape[2] * din->shape[3];
   int64_t Q = dout->shape[2] * dout->shape[3];
   PS_OPS_CHECK(op, argmax, PS_I32, NC * Q);
+  PS_OPS_ON_CUDA(ps_cuda_op_maxpool_backward(ps_f32(din), ps_f32(dout), (const int32_t *)argmax->data, NC,
+                                             din->shape[2], din->shape[3], dout->shape[2], dout->shape[3]));
   const float *g = ps_f32(dout);
   const int32_t *am = (const int32_t *)argmax->data;
   float *d = ps_f32(din);
@@ -313,13 +322,14 @@ ps_status ps_maxpool2d_backward(ps_tensor *din, const ps_tensor *dout, const ps_
 
 ps_status ps_global_avgpool_forward(ps_tensor *out, const ps_tensor *in) {
   static const char op[] = "ps_global_avgpool_forward";
-  PS_OPS_CPU(op, out, in);
+  PS_OPS_DEVICE(op, out, in);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   char buf[96];
   PS_REQUIRE(in->ndim == 4, "%s: in must be (N, C, H, W), got %s", op, ps_tensor_describe(in, buf, sizeof buf));
   int64_t NC = in->shape[0] * in->shape[1], HW = in->shape[2] * in->shape[3];
   PS_OPS_CHECK(op, out, PS_F32, NC);
   PS_REQUIRE(HW > 0, "%s: empty planes", op);
+  PS_OPS_ON_CUDA(ps_cuda_op_avgpool_forward(ps_f32(out), ps_f32(in), NC, HW));
   const float *x = ps_f32(in);
   float *y = ps_f32(out);
 #pragma omp parallel for schedule(static) if (NC * HW > PS_OPS_PAR_MIN)
@@ -331,12 +341,13 @@ ps_status ps_global_avgpool_forward(ps_tensor *out, const ps_tensor *in) {
 
 ps_status ps_global_avgpool_backward(ps_tensor *din, const ps_tensor *dout) {
   static const char op[] = "ps_global_avgpool_backward";
-  PS_OPS_CPU(op, din, dout);
+  PS_OPS_DEVICE(op, din, dout);
   PS_OPS_CHECK(op, din, PS_F32, -1);
   char buf[96];
   PS_REQUIRE(din->ndim == 4, "%s: din must be (N, C, H, W), got %s", op, ps_tensor_describe(din, buf, sizeof buf));
   int64_t NC = din->shape[0] * din->shape[1], HW = din->shape[2] * din->shape[3];
   PS_OPS_CHECK(op, dout, PS_F32, NC);
+  PS_OPS_ON_CUDA(ps_cuda_op_avgpool_backward(ps_f32(din), ps_f32(dout), NC, HW));
   const float *g = ps_f32(dout);
   float *d = ps_f32(din);
   float inv = HW ? (float)(1.0 / (double)HW) : 0.0f;

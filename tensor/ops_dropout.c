@@ -9,13 +9,14 @@
 ps_status ps_dropout_forward(ps_tensor *out, ps_tensor *mask, const ps_tensor *in, float p, uint64_t seed,
                              const uint64_t *row_streams) {
   static const char op[] = "ps_dropout_forward";
-  PS_OPS_CPU(op, out, mask, in);
+  PS_OPS_DEVICE(op, out, mask, in);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), D = ps_ops_cols(in), R = ps_ops_rows(in);
   PS_OPS_CHECK(op, out, PS_F32, n);
   PS_OPS_CHECK(op, mask, PS_U8, n);
   PS_REQUIRE(p >= 0.0f && p < 1.0f, "%s: drop probability %g outside [0, 1)", op, p);
   PS_REQUIRE(row_streams || R == 0, "%s: row_streams must give one stream per row (%lld rows)", op, (long long)R);
+  PS_OPS_ON_CUDA(ps_cuda_op_dropout_forward(ps_f32(out), ps_u8(mask), ps_f32(in), p, seed, row_streams, R, D));
   const float *x = ps_f32(in);
   float *y = ps_f32(out);
   uint8_t *m = ps_u8(mask);
@@ -42,12 +43,13 @@ ps_status ps_dropout_forward(ps_tensor *out, ps_tensor *mask, const ps_tensor *i
 
 ps_status ps_dropout_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *mask, float p) {
   static const char op[] = "ps_dropout_backward";
-  PS_OPS_CPU(op, din, dout, mask);
+  PS_OPS_DEVICE(op, din, dout, mask);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout);
   PS_OPS_CHECK(op, din, PS_F32, n);
   PS_OPS_CHECK(op, mask, PS_U8, n);
   PS_REQUIRE(p >= 0.0f && p < 1.0f, "%s: drop probability %g outside [0, 1)", op, p);
+  PS_OPS_ON_CUDA(ps_cuda_op_dropout_backward(ps_f32(din), ps_f32(dout), ps_u8(mask), p, n));
   const float scale = 1.0f / (1.0f - p);
   const float *g = ps_f32(dout);
   const uint8_t *m = ps_u8(mask);

@@ -16,11 +16,12 @@ const char *ps_activation_name(ps_activation a) {
 
 ps_status ps_add_forward(ps_tensor *out, const ps_tensor *a, const ps_tensor *b) {
   static const char op[] = "ps_add_forward";
-  PS_OPS_CPU(op, out, a, b);
+  PS_OPS_DEVICE(op, out, a, b);
   PS_OPS_CHECK(op, out, PS_F32, -1);
   int64_t n = ps_tensor_numel(out);
   PS_OPS_CHECK(op, a, PS_F32, n);
   PS_OPS_CHECK(op, b, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_binary(PS_CUDA_EW_ADD, ps_f32(out), ps_f32(a), ps_f32(b), n));
   float *o = ps_f32(out);
   const float *x = ps_f32(a), *y = ps_f32(b);
   PAR_FOR(int64_t i = 0; i < n; i++) o[i] = x[i] + y[i];
@@ -31,11 +32,12 @@ static void acc_into(float *d, const float *g, int64_t n) { PAR_FOR(int64_t i = 
 
 ps_status ps_add_backward(ps_tensor *da, ps_tensor *db, const ps_tensor *dout) {
   static const char op[] = "ps_add_backward";
-  PS_OPS_CPU(op, da, db, dout);
+  PS_OPS_DEVICE(op, da, db, dout);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout);
   PS_OPS_CHECK_OPT(op, da, PS_F32, n);
   PS_OPS_CHECK_OPT(op, db, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_axpy2(da ? ps_f32(da) : NULL, db ? ps_f32(db) : NULL, 1.0f, ps_f32(dout), n));
   if (da) acc_into(ps_f32(da), ps_f32(dout), n);
   if (db) acc_into(ps_f32(db), ps_f32(dout), n);
   return PS_OK;
@@ -43,11 +45,12 @@ ps_status ps_add_backward(ps_tensor *da, ps_tensor *db, const ps_tensor *dout) {
 
 ps_status ps_mul_forward(ps_tensor *out, const ps_tensor *a, const ps_tensor *b) {
   static const char op[] = "ps_mul_forward";
-  PS_OPS_CPU(op, out, a, b);
+  PS_OPS_DEVICE(op, out, a, b);
   PS_OPS_CHECK(op, out, PS_F32, -1);
   int64_t n = ps_tensor_numel(out);
   PS_OPS_CHECK(op, a, PS_F32, n);
   PS_OPS_CHECK(op, b, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_binary(PS_CUDA_EW_MUL, ps_f32(out), ps_f32(a), ps_f32(b), n));
   float *o = ps_f32(out);
   const float *x = ps_f32(a), *y = ps_f32(b);
   PAR_FOR(int64_t i = 0; i < n; i++) o[i] = x[i] * y[i];
@@ -57,20 +60,26 @@ ps_status ps_mul_forward(ps_tensor *out, const ps_tensor *a, const ps_tensor *b)
 ps_status ps_mul_backward(ps_tensor *da, ps_tensor *db, const ps_tensor *dout, const ps_tensor *a,
                           const ps_tensor *b) {
   static const char op[] = "ps_mul_backward";
-  PS_OPS_CPU(op, da, db, dout, a, b);
+  PS_OPS_DEVICE(op, da, db, dout, a, b);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout);
-  const float *g = ps_f32(dout);
-  if (da) { // da += dout * b
+  if (da) {
     PS_OPS_CHECK(op, da, PS_F32, n);
     PS_OPS_CHECK(op, b, PS_F32, n);
+  }
+  if (db) {
+    PS_OPS_CHECK(op, db, PS_F32, n);
+    PS_OPS_CHECK(op, a, PS_F32, n);
+  }
+  PS_OPS_ON_CUDA(ps_cuda_op_mul_backward(da ? ps_f32(da) : NULL, db ? ps_f32(db) : NULL, ps_f32(dout),
+                                         db ? ps_f32(a) : NULL, da ? ps_f32(b) : NULL, n));
+  const float *g = ps_f32(dout);
+  if (da) { // da += dout * b
     float *d = ps_f32(da);
     const float *y = ps_f32(b);
     PAR_FOR(int64_t i = 0; i < n; i++) d[i] += g[i] * y[i];
   }
   if (db) { // db += dout * a
-    PS_OPS_CHECK(op, db, PS_F32, n);
-    PS_OPS_CHECK(op, a, PS_F32, n);
     float *d = ps_f32(db);
     const float *x = ps_f32(a);
     PAR_FOR(int64_t i = 0; i < n; i++) d[i] += g[i] * x[i];
@@ -80,10 +89,11 @@ ps_status ps_mul_backward(ps_tensor *da, ps_tensor *db, const ps_tensor *dout, c
 
 ps_status ps_scale_forward(ps_tensor *out, const ps_tensor *in, float s) {
   static const char op[] = "ps_scale_forward";
-  PS_OPS_CPU(op, out, in);
+  PS_OPS_DEVICE(op, out, in);
   PS_OPS_CHECK(op, out, PS_F32, -1);
   int64_t n = ps_tensor_numel(out);
   PS_OPS_CHECK(op, in, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_scale(ps_f32(out), s, ps_f32(in), n));
   float *o = ps_f32(out);
   const float *x = ps_f32(in);
   PAR_FOR(int64_t i = 0; i < n; i++) o[i] = s * x[i];
@@ -92,10 +102,11 @@ ps_status ps_scale_forward(ps_tensor *out, const ps_tensor *in, float s) {
 
 ps_status ps_scale_backward(ps_tensor *din, const ps_tensor *dout, float s) {
   static const char op[] = "ps_scale_backward";
-  PS_OPS_CPU(op, din, dout);
+  PS_OPS_DEVICE(op, din, dout);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout);
   PS_OPS_CHECK(op, din, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_axpy2(ps_f32(din), NULL, s, ps_f32(dout), n));
   float *d = ps_f32(din);
   const float *g = ps_f32(dout);
   PAR_FOR(int64_t i = 0; i < n; i++) d[i] += s * g[i];
@@ -104,11 +115,12 @@ ps_status ps_scale_backward(ps_tensor *din, const ps_tensor *dout, float s) {
 
 ps_status ps_add_rowvec_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *v) {
   static const char op[] = "ps_add_rowvec_forward";
-  PS_OPS_CPU(op, out, in, v);
+  PS_OPS_DEVICE(op, out, in, v);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), D = ps_ops_cols(in), R = ps_ops_rows(in);
   PS_OPS_CHECK(op, out, PS_F32, n);
   PS_OPS_CHECK(op, v, PS_F32, D);
+  PS_OPS_ON_CUDA(ps_cuda_op_add_rowvec(ps_f32(out), ps_f32(in), ps_f32(v), R, D));
   float *o = ps_f32(out);
   const float *x = ps_f32(in), *w = ps_f32(v);
 #pragma omp parallel for schedule(static) if (n > PS_OPS_PAR_MIN)
@@ -119,15 +131,14 @@ ps_status ps_add_rowvec_forward(ps_tensor *out, const ps_tensor *in, const ps_te
 
 ps_status ps_add_rowvec_backward(ps_tensor *din, ps_tensor *dv, const ps_tensor *dout) {
   static const char op[] = "ps_add_rowvec_backward";
-  PS_OPS_CPU(op, din, dv, dout);
+  PS_OPS_DEVICE(op, din, dv, dout);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout), D = ps_ops_cols(dout), R = ps_ops_rows(dout);
-  if (din) {
-    PS_OPS_CHECK(op, din, PS_F32, n);
-    acc_into(ps_f32(din), ps_f32(dout), n);
-  }
+  PS_OPS_CHECK_OPT(op, din, PS_F32, n);
+  PS_OPS_CHECK_OPT(op, dv, PS_F32, D);
+  PS_OPS_ON_CUDA(ps_cuda_op_add_rowvec_backward(din ? ps_f32(din) : NULL, dv ? ps_f32(dv) : NULL, ps_f32(dout), R, D));
+  if (din) acc_into(ps_f32(din), ps_f32(dout), n);
   if (dv) {
-    PS_OPS_CHECK(op, dv, PS_F32, D);
     enum { CH = 256 }; // column sums in double, chunked so the accumulator stays on the stack
     const float *g = ps_f32(dout);
     float *o = ps_f32(dv);
@@ -166,11 +177,12 @@ static inline float sigmoid(float x) {
 
 ps_status ps_act_forward(ps_tensor *out, const ps_tensor *in, ps_activation act) {
   static const char op[] = "ps_act_forward";
-  PS_OPS_CPU(op, out, in);
+  PS_OPS_DEVICE(op, out, in);
   PS_REQUIRE(act >= 0 && act < PS_ACT_COUNT, "%s: unknown activation %d", op, (int)act);
   PS_OPS_CHECK(op, out, PS_F32, -1);
   int64_t n = ps_tensor_numel(out);
   PS_OPS_CHECK(op, in, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_act_forward(ps_f32(out), ps_f32(in), act, n));
   float *o = ps_f32(out);
   const float *x = ps_f32(in);
   switch (act) {
@@ -186,13 +198,17 @@ ps_status ps_act_forward(ps_tensor *out, const ps_tensor *in, ps_activation act)
 ps_status ps_act_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *in, const ps_tensor *out,
                           ps_activation act) {
   static const char op[] = "ps_act_backward";
-  PS_OPS_CPU(op, din, dout, in, out);
+  PS_OPS_DEVICE(op, din, dout, in, out);
   PS_REQUIRE(act >= 0 && act < PS_ACT_COUNT, "%s: unknown activation %d", op, (int)act);
   PS_OPS_CHECK(op, dout, PS_F32, -1);
   int64_t n = ps_tensor_numel(dout);
   PS_OPS_CHECK(op, din, PS_F32, n);
   PS_OPS_CHECK_OPT(op, in, PS_F32, n);
   PS_OPS_CHECK_OPT(op, out, PS_F32, n);
+  PS_REQUIRE(in || (out && act != PS_ACT_GELU), "%s: %s needs the forward %s", op, ps_activation_name(act),
+             act == PS_ACT_GELU ? "input" : "input or output");
+  PS_OPS_ON_CUDA(ps_cuda_op_act_backward(ps_f32(din), ps_f32(dout), in ? ps_f32(in) : NULL, out ? ps_f32(out) : NULL,
+                                         act, n));
   float *d = ps_f32(din);
   const float *g = ps_f32(dout);
   const float *x = in ? ps_f32(in) : NULL, *y = out ? ps_f32(out) : NULL;

@@ -90,7 +90,7 @@ ps_status ps_ops_check(const char *op, const char *what, const ps_tensor *t, ps_
 ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_tensor *b, bool trans_b,
                   const ps_tensor *bias, float alpha, float beta) {
   static const char op[] = "ps_gemm";
-  PS_OPS_CPU(op, out, a, b, bias);
+  PS_OPS_DEVICE(op, out, a, b, bias);
   PS_OPS_CHECK(op, a, PS_F32, -1);
   PS_OPS_CHECK(op, b, PS_F32, -1);
   PS_OPS_CHECK(op, out, PS_F32, -1);
@@ -106,6 +106,8 @@ ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_ten
              ps_tensor_describe(out, d3, sizeof d3), (long long)M, (long long)N);
   PS_REQUIRE(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX, "%s: sizes exceed the BLAS int range", op);
   PS_OPS_CHECK_OPT(op, bias, PS_F32, N);
+  PS_OPS_ON_CUDA(ps_cuda_op_gemm(ps_f32(out), ps_f32(a), trans_a, ps_f32(b), trans_b, bias ? ps_f32(bias) : NULL,
+                                 alpha, beta, M, N, K));
   if (M == 0 || N == 0) return PS_OK;
   float *o = ps_f32(out);
   if (bias) { // out = beta * out + bias first, then the product is added with beta = 1
@@ -134,7 +136,8 @@ ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_ten
 
 ps_status ps_linear_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *w, const ps_tensor *b) {
   static const char op[] = "ps_linear_forward";
-  PS_OPS_CPU(op, out, in, w, b);
+  PS_OPS_DEVICE(op, out, in, w, b);
+  (void)ps_dev_; // ps_gemm dispatches
   PS_OPS_CHECK(op, w, PS_F32, -1);
   PS_REQUIRE(w->ndim == 2, "%s: w must be (Dout, Din), got %d dims", op, w->ndim);
   int64_t Dout = w->shape[0], Din = w->shape[1];
@@ -150,7 +153,7 @@ ps_status ps_linear_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor
 ps_status ps_linear_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const ps_tensor *dout,
                              const ps_tensor *in, const ps_tensor *w) {
   static const char op[] = "ps_linear_backward";
-  PS_OPS_CPU(op, din, dw, db, dout, in, w);
+  PS_OPS_DEVICE(op, din, dw, db, dout, in, w);
   PS_OPS_CHECK(op, w, PS_F32, -1);
   PS_REQUIRE(w->ndim == 2, "%s: w must be (Dout, Din), got %d dims", op, w->ndim);
   int64_t Dout = w->shape[0], Din = w->shape[1];
@@ -169,6 +172,7 @@ ps_status ps_linear_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
   }
   if (db) {
     PS_OPS_CHECK(op, db, PS_F32, Dout);
+    PS_OPS_ON_CUDA(ps_cuda_op_colsum_add(ps_f32(db), ps_f32(dout), Nr, Dout)); // db is the last gradient
     // Column sums in double, Dout in chunks so the accumulator stays on the stack.
     enum { CH = 256 };
     const float *g = ps_f32(dout);

@@ -15,6 +15,28 @@ ps_status ps_ops_device_check(const char *op, const char *file, int line, int n,
 #define PS_OPS_CPU(op, ...)                                                                        \
   PS_TRY(ps_ops_device_check(op, __FILE__, __LINE__, PS_OPS_NTENSORS_(__VA_ARGS__), PS_OPS_TENSORS_(__VA_ARGS__)))
 
+// Ops with a CUDA implementation: PS_OPS_DEVICE(op, tensors...) at the top
+// declares ps_dev_ (the call's device; CUDA only when built with CUDA, a device
+// is visible and every CUDA tensor holds device memory, else it fails like
+// PS_OPS_CPU), and PS_OPS_ON_CUDA(launch) after the argument checks returns the
+// CUDA launcher's status for CUDA tensors (ps_cuda_ops.h). Without CUDA it
+// compiles to nothing, so no CUDA symbol is referenced.
+ps_status ps_ops_device_of(const char *op, const char *file, int line, int n, const ps_tensor *const *ts,
+                           ps_device *dev);
+#define PS_OPS_DEVICE(op, ...)                                                                     \
+  ps_device ps_dev_ = PS_CPU;                                                                      \
+  PS_TRY(ps_ops_device_of(op, __FILE__, __LINE__, PS_OPS_NTENSORS_(__VA_ARGS__), PS_OPS_TENSORS_(__VA_ARGS__), \
+                          &ps_dev_))
+#if PANSURV_HAVE_CUDA
+#include "ps_cuda_ops.h"
+#define PS_OPS_ON_CUDA(launch)                                                                     \
+  do {                                                                                             \
+    if (ps_dev_ == PS_CUDA) return (launch);                                                       \
+  } while (0)
+#else
+#define PS_OPS_ON_CUDA(launch) (void)ps_dev_
+#endif
+
 // `t` (named `what` in messages) has dtype `dt`; `numel` >= 0 also checks the element count.
 ps_status ps_ops_check(const char *op, const char *what, const ps_tensor *t, ps_dtype dt, int64_t numel,
                        const char *file, int line);

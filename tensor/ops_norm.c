@@ -12,7 +12,7 @@
 ps_status ps_layernorm_forward(ps_tensor *out, ps_tensor *mean, ps_tensor *rstd, const ps_tensor *in,
                                const ps_tensor *gamma, const ps_tensor *beta, float eps) {
   static const char op[] = "ps_layernorm_forward";
-  PS_OPS_CPU(op, out, mean, rstd, in, gamma, beta);
+  PS_OPS_DEVICE(op, out, mean, rstd, in, gamma, beta);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), D = ps_ops_cols(in), N = ps_ops_rows(in);
   PS_OPS_CHECK(op, out, PS_F32, n);
@@ -21,6 +21,9 @@ ps_status ps_layernorm_forward(ps_tensor *out, ps_tensor *mean, ps_tensor *rstd,
   PS_OPS_CHECK_OPT(op, gamma, PS_F32, D);
   PS_OPS_CHECK_OPT(op, beta, PS_F32, D);
   PS_REQUIRE(D > 0 && eps >= 0, "%s: need D > 0 and eps >= 0 (D=%lld eps=%g)", op, (long long)D, eps);
+  PS_OPS_ON_CUDA(ps_cuda_op_layernorm_forward(ps_f32(out), mean ? ps_f32(mean) : NULL, rstd ? ps_f32(rstd) : NULL,
+                                              ps_f32(in), gamma ? ps_f32(gamma) : NULL, beta ? ps_f32(beta) : NULL, N,
+                                              D, eps));
   const float *x = ps_f32(in), *gm = gamma ? ps_f32(gamma) : NULL, *bt = beta ? ps_f32(beta) : NULL;
   float *y = ps_f32(out), *mu = mean ? ps_f32(mean) : NULL, *rs = rstd ? ps_f32(rstd) : NULL;
 #pragma omp parallel for schedule(static) if (n > PS_OPS_PAR_MIN)
@@ -43,7 +46,7 @@ ps_status ps_layernorm_backward(ps_tensor *din, ps_tensor *dgamma, ps_tensor *db
                                 const ps_tensor *in, const ps_tensor *mean, const ps_tensor *rstd,
                                 const ps_tensor *gamma) {
   static const char op[] = "ps_layernorm_backward";
-  PS_OPS_CPU(op, din, dgamma, dbeta, dout, in, mean, rstd, gamma);
+  PS_OPS_DEVICE(op, din, dgamma, dbeta, dout, in, mean, rstd, gamma);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), D = ps_ops_cols(in), N = ps_ops_rows(in);
   PS_OPS_CHECK(op, dout, PS_F32, n);
@@ -53,6 +56,9 @@ ps_status ps_layernorm_backward(ps_tensor *din, ps_tensor *dgamma, ps_tensor *db
   PS_OPS_CHECK_OPT(op, din, PS_F32, n);
   PS_OPS_CHECK_OPT(op, dgamma, PS_F32, D);
   PS_OPS_CHECK_OPT(op, dbeta, PS_F32, D);
+  PS_OPS_ON_CUDA(ps_cuda_op_layernorm_backward(din ? ps_f32(din) : NULL, dgamma ? ps_f32(dgamma) : NULL,
+                                               dbeta ? ps_f32(dbeta) : NULL, ps_f32(dout), ps_f32(in), ps_f32(mean),
+                                               ps_f32(rstd), gamma ? ps_f32(gamma) : NULL, N, D));
   const float *x = ps_f32(in), *g = ps_f32(dout), *mu = ps_f32(mean), *rs = ps_f32(rstd);
   const float *gm = gamma ? ps_f32(gamma) : NULL;
   if (din) {
@@ -121,11 +127,13 @@ static ps_status bn_dims(const char *op, const ps_tensor *in, int64_t *N, int64_
 
 ps_status ps_batchnorm_stats(double *sum, double *sumsq, int64_t *count, const ps_tensor *in) {
   static const char op[] = "ps_batchnorm_stats";
-  PS_OPS_CPU(op, in);
+  PS_OPS_DEVICE(op, in);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   PS_REQUIRE(sum && sumsq && count, "%s: sum, sumsq and count must not be NULL", op);
   int64_t N = 0, C = 0, S = 0;
   PS_TRY(bn_dims(op, in, &N, &C, &S));
+  *count = N * S;
+  PS_OPS_ON_CUDA(ps_cuda_op_bn_stats(sum, sumsq, ps_f32(in), N, C, S));
   const float *x = ps_f32(in);
 #pragma omp parallel for schedule(static) if (N * C * S > PS_OPS_PAR_MIN)
   for (int64_t c = 0; c < C; c++) {
@@ -163,7 +171,7 @@ ps_status ps_batchnorm_forward_apply(ps_tensor *out, ps_tensor *mean, ps_tensor 
                                      const double *sumsq, int64_t count, float eps, float momentum,
                                      ps_tensor *running_mean, ps_tensor *running_var) {
   static const char op[] = "ps_batchnorm_forward_apply";
-  PS_OPS_CPU(op, out, mean, rstd, in, gamma, beta, running_mean, running_var);
+  PS_OPS_DEVICE(op, out, mean, rstd, in, gamma, beta, running_mean, running_var);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t N = 0, C = 0, S = 0;
   PS_TRY(bn_dims(op, in, &N, &C, &S));
@@ -176,6 +184,10 @@ ps_status ps_batchnorm_forward_apply(ps_tensor *out, ps_tensor *mean, ps_tensor 
   PS_OPS_CHECK_OPT(op, running_var, PS_F32, C);
   PS_REQUIRE(sum && sumsq, "%s: sum and sumsq must not be NULL", op);
   PS_REQUIRE(count > 0, "%s: statistics over %lld values (need > 0)", op, (long long)count);
+  PS_OPS_ON_CUDA(ps_cuda_op_bn_forward_apply(ps_f32(out), ps_f32(mean), ps_f32(rstd), ps_f32(in),
+                                             gamma ? ps_f32(gamma) : NULL, beta ? ps_f32(beta) : NULL, sum, sumsq,
+                                             count, eps, momentum, running_mean ? ps_f32(running_mean) : NULL,
+                                             running_var ? ps_f32(running_var) : NULL, N, C, S));
   float *mu = ps_f32(mean), *rs = ps_f32(rstd);
   float *rm = running_mean ? ps_f32(running_mean) : NULL, *rv = running_var ? ps_f32(running_var) : NULL;
   for (int64_t c = 0; c < C; c++) {
@@ -198,7 +210,7 @@ ps_status ps_batchnorm_forward_eval(ps_tensor *out, const ps_tensor *in, const p
                                     const ps_tensor *beta, const ps_tensor *running_mean,
                                     const ps_tensor *running_var, float eps) {
   static const char op[] = "ps_batchnorm_forward_eval";
-  PS_OPS_CPU(op, out, in, gamma, beta, running_mean, running_var);
+  PS_OPS_DEVICE(op, out, in, gamma, beta, running_mean, running_var);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t N = 0, C = 0, S = 0;
   PS_TRY(bn_dims(op, in, &N, &C, &S));
@@ -207,6 +219,9 @@ ps_status ps_batchnorm_forward_eval(ps_tensor *out, const ps_tensor *in, const p
   PS_OPS_CHECK_OPT(op, beta, PS_F32, C);
   PS_OPS_CHECK(op, running_mean, PS_F32, C);
   PS_OPS_CHECK(op, running_var, PS_F32, C);
+  PS_OPS_ON_CUDA(ps_cuda_op_bn_forward_eval(ps_f32(out), ps_f32(in), gamma ? ps_f32(gamma) : NULL,
+                                            beta ? ps_f32(beta) : NULL, ps_f32(running_mean), ps_f32(running_var), eps,
+                                            N, C, S));
   bn_affine(ps_f32(out), ps_f32(in), N, C, S, ps_f32(running_mean), NULL, ps_f32(running_var), eps,
             gamma ? ps_f32(gamma) : NULL, beta ? ps_f32(beta) : NULL);
   return PS_OK;
@@ -215,7 +230,7 @@ ps_status ps_batchnorm_forward_eval(ps_tensor *out, const ps_tensor *in, const p
 ps_status ps_batchnorm_backward_reduce(double *sum_dy, double *sum_dy_xhat, const ps_tensor *dout,
                                        const ps_tensor *in, const ps_tensor *mean, const ps_tensor *rstd) {
   static const char op[] = "ps_batchnorm_backward_reduce";
-  PS_OPS_CPU(op, dout, in, mean, rstd);
+  PS_OPS_DEVICE(op, dout, in, mean, rstd);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t N = 0, C = 0, S = 0;
   PS_TRY(bn_dims(op, in, &N, &C, &S));
@@ -223,6 +238,8 @@ ps_status ps_batchnorm_backward_reduce(double *sum_dy, double *sum_dy_xhat, cons
   PS_OPS_CHECK(op, mean, PS_F32, C);
   PS_OPS_CHECK(op, rstd, PS_F32, C);
   PS_REQUIRE(sum_dy && sum_dy_xhat, "%s: sum_dy and sum_dy_xhat must not be NULL", op);
+  PS_OPS_ON_CUDA(ps_cuda_op_bn_backward_reduce(sum_dy, sum_dy_xhat, ps_f32(dout), ps_f32(in), ps_f32(mean),
+                                               ps_f32(rstd), N, C, S));
   const float *x = ps_f32(in), *g = ps_f32(dout), *mu = ps_f32(mean), *rs = ps_f32(rstd);
 #pragma omp parallel for schedule(static) if (N * C * S > PS_OPS_PAR_MIN)
   for (int64_t c = 0; c < C; c++) {
@@ -244,7 +261,7 @@ ps_status ps_batchnorm_backward_apply(ps_tensor *din, ps_tensor *dgamma, ps_tens
                                       const ps_tensor *gamma, const double *sum_dy, const double *sum_dy_xhat,
                                       const double *local_sum_dy, const double *local_sum_dy_xhat, int64_t count) {
   static const char op[] = "ps_batchnorm_backward_apply";
-  PS_OPS_CPU(op, din, dgamma, dbeta, dout, in, mean, rstd, gamma);
+  PS_OPS_DEVICE(op, din, dgamma, dbeta, dout, in, mean, rstd, gamma);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t N = 0, C = 0, S = 0;
   PS_TRY(bn_dims(op, in, &N, &C, &S));
@@ -260,6 +277,10 @@ ps_status ps_batchnorm_backward_apply(ps_tensor *din, ps_tensor *dgamma, ps_tens
   // Parameter gradients from the local sums when given (their all-reduce comes later), else the global ones.
   const double *ldy = local_sum_dy ? local_sum_dy : sum_dy;
   const double *ldx = local_sum_dy_xhat ? local_sum_dy_xhat : sum_dy_xhat;
+  PS_OPS_ON_CUDA(ps_cuda_op_bn_backward_apply(din ? ps_f32(din) : NULL, dgamma ? ps_f32(dgamma) : NULL,
+                                              dbeta ? ps_f32(dbeta) : NULL, ps_f32(dout), ps_f32(in), ps_f32(mean),
+                                              ps_f32(rstd), gamma ? ps_f32(gamma) : NULL, sum_dy, sum_dy_xhat, ldy, ldx,
+                                              count, N, C, S));
   if (dgamma)
     for (int64_t c = 0; c < C; c++) ps_f32(dgamma)[c] += (float)ldx[c];
   if (dbeta)

@@ -8,11 +8,12 @@
 
 ps_status ps_softmax_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask) {
   static const char op[] = "ps_softmax_forward";
-  PS_OPS_CPU(op, out, in, mask);
+  PS_OPS_DEVICE(op, out, in, mask);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), L = ps_ops_cols(in), R = ps_ops_rows(in);
   PS_OPS_CHECK(op, out, PS_F32, n);
   PS_OPS_CHECK_OPT(op, mask, PS_U8, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_softmax_forward(ps_f32(out), ps_f32(in), mask ? ps_u8(mask) : NULL, R, L));
   const float *x = ps_f32(in);
   const uint8_t *m = mask ? ps_u8(mask) : NULL;
   float *y = ps_f32(out);
@@ -37,11 +38,12 @@ ps_status ps_softmax_forward(ps_tensor *out, const ps_tensor *in, const ps_tenso
 
 ps_status ps_softmax_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *out) {
   static const char op[] = "ps_softmax_backward";
-  PS_OPS_CPU(op, din, dout, out);
+  PS_OPS_DEVICE(op, din, dout, out);
   PS_OPS_CHECK(op, out, PS_F32, -1);
   int64_t n = ps_tensor_numel(out), L = ps_ops_cols(out), R = ps_ops_rows(out);
   PS_OPS_CHECK(op, dout, PS_F32, n);
   PS_OPS_CHECK(op, din, PS_F32, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_softmax_backward(ps_f32(din), ps_f32(dout), ps_f32(out), R, L));
   const float *y = ps_f32(out), *g = ps_f32(dout);
   float *d = ps_f32(din);
 #pragma omp parallel for schedule(static) if (n > PS_OPS_PAR_MIN)
@@ -57,11 +59,12 @@ ps_status ps_softmax_backward(ps_tensor *din, const ps_tensor *dout, const ps_te
 
 ps_status ps_logsumexp_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask) {
   static const char op[] = "ps_logsumexp_forward";
-  PS_OPS_CPU(op, out, in, mask);
+  PS_OPS_DEVICE(op, out, in, mask);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), L = ps_ops_cols(in), R = ps_ops_rows(in);
   PS_OPS_CHECK(op, out, PS_F32, R);
   PS_OPS_CHECK_OPT(op, mask, PS_U8, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_logsumexp_forward(ps_f32(out), ps_f32(in), mask ? ps_u8(mask) : NULL, R, L));
   const float *x = ps_f32(in);
   const uint8_t *m = mask ? ps_u8(mask) : NULL;
   float *y = ps_f32(out);
@@ -91,13 +94,15 @@ ps_status ps_logsumexp_forward(ps_tensor *out, const ps_tensor *in, const ps_ten
 ps_status ps_logsumexp_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *in, const ps_tensor *out,
                                 const ps_tensor *mask) {
   static const char op[] = "ps_logsumexp_backward";
-  PS_OPS_CPU(op, din, dout, in, out, mask);
+  PS_OPS_DEVICE(op, din, dout, in, out, mask);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t n = ps_tensor_numel(in), L = ps_ops_cols(in), R = ps_ops_rows(in);
   PS_OPS_CHECK(op, din, PS_F32, n);
   PS_OPS_CHECK(op, dout, PS_F32, R);
   PS_OPS_CHECK(op, out, PS_F32, R);
   PS_OPS_CHECK_OPT(op, mask, PS_U8, n);
+  PS_OPS_ON_CUDA(ps_cuda_op_logsumexp_backward(ps_f32(din), ps_f32(dout), ps_f32(in), ps_f32(out),
+                                               mask ? ps_u8(mask) : NULL, R, L));
   const float *x = ps_f32(in), *g = ps_f32(dout), *y = ps_f32(out);
   const uint8_t *m = mask ? ps_u8(mask) : NULL;
   float *d = ps_f32(din);
@@ -131,7 +136,7 @@ static ps_status reduce_dims(const char *op, const ps_tensor *t, int axis, int64
 
 ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_reduce rop) {
   static const char op[] = "ps_reduce_forward";
-  PS_OPS_CPU(op, out, in);
+  PS_OPS_DEVICE(op, out, in);
   PS_REQUIRE(rop >= 0 && rop < PS_REDUCE_COUNT, "%s: unknown reduction %d", op, (int)rop);
   PS_OPS_CHECK(op, in, PS_F32, -1);
   int64_t O = 0, A = 0, I = 0;
@@ -140,6 +145,7 @@ ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_re
   const float *x = ps_f32(in);
   float *y = ps_f32(out);
   double scale = (rop == PS_REDUCE_MEAN && A > 0) ? 1.0 / (double)A : 1.0;
+  PS_OPS_ON_CUDA(ps_cuda_op_reduce_forward(y, x, O, A, I, scale));
   enum { CH = 256 }; // inner index chunk; double accumulators on the stack
   int64_t nch = (I + CH - 1) / CH;
 #pragma omp parallel for collapse(2) schedule(static) if (O * A * I > PS_OPS_PAR_MIN)
@@ -158,7 +164,7 @@ ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_re
 
 ps_status ps_reduce_backward(ps_tensor *din, const ps_tensor *dout, int axis, ps_reduce rop) {
   static const char op[] = "ps_reduce_backward";
-  PS_OPS_CPU(op, din, dout);
+  PS_OPS_DEVICE(op, din, dout);
   PS_REQUIRE(rop >= 0 && rop < PS_REDUCE_COUNT, "%s: unknown reduction %d", op, (int)rop);
   PS_OPS_CHECK(op, din, PS_F32, -1);
   int64_t O = 0, A = 0, I = 0;
@@ -167,6 +173,7 @@ ps_status ps_reduce_backward(ps_tensor *din, const ps_tensor *dout, int axis, ps
   const float *g = ps_f32(dout);
   float *d = ps_f32(din);
   float scale = (rop == PS_REDUCE_MEAN && A > 0) ? (float)(1.0 / (double)A) : 1.0f;
+  PS_OPS_ON_CUDA(ps_cuda_op_reduce_backward(d, g, O, A, I, scale));
 #pragma omp parallel for collapse(2) schedule(static) if (O * A * I > PS_OPS_PAR_MIN)
   for (int64_t o = 0; o < O; o++)
     for (int64_t a = 0; a < A; a++)
