@@ -101,6 +101,8 @@ ps_status ps_cuda_blas_handle(cublasHandle_t *h) {
   return PS_OK;
 }
 
+bool ps_cuda_tf32_enabled(void) { return tl_tf32; }
+
 extern "C" ps_status ps_cuda_set_tf32(bool enabled) {
   tl_tf32 = enabled;
   if (tl_blas)

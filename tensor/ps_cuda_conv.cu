@@ -1,11 +1,22 @@
-// CUDA 2-d convolution (NCHW): im2col + cuBLAS, one image at a time through a
-// workspace of one lowered image (CKK, P), the CPU's contract. Inputs are
-// checked by ps_conv2d_forward/backward before they get here.
+// CUDA 2-d convolution (NCHW). With cuDNN (PANSURV_HAVE_CUDNN=1): the legacy
+// convolution API, algorithms chosen once per shape (cudnnGet*_v7 heuristics,
+// first deterministic one that fits), strict fp32 (FMA math) unless TF32 is on,
+// workspace in the caller's workspace tensor. Without cuDNN, or with
+// PANSURV_CONV=im2col in the environment, or when the workspace is too small
+// for cuDNN: im2col + cuBLAS, one image at a time through one lowered image
+// (CKK, P). Inputs are checked by ps_conv2d_forward/backward before they get here.
 //
 // Dimension letters: N batch, C input channels, OC output channels, H/W input,
 // KH/KW kernel, OH/OW output, P = OH*OW, CKK = C*KH*KW.
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps_cuda.h"
 #include "ps_cuda_internal.h"
 #include "ps_cuda_ops.h"
+#if PANSURV_HAVE_CUDNN
+#include <cudnn.h>
+#endif
 
 typedef struct {
   int64_t N, C, H, W, OC, KH, KW, OH, OW, P, CKK;
@@ -30,11 +41,123 @@ static bool pointwise(const cconv_dims *d) {
   return d->KH == 1 && d->KW == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
 }
 
+#if PANSURV_HAVE_CUDNN
+#define PS_CUDNN_CHECK(call) \
+  PS_CHECK_GEN(call, cudnnStatus_t, r == CUDNN_STATUS_SUCCESS, PS_ERR_CUDA, cudnnGetErrorString(r))
+
+// One planned shape: descriptors and algorithms, found once and reused.
+typedef struct {
+  cconv_dims d;
+  bool tf32;
+  cudnnTensorDescriptor_t x, y;
+  cudnnFilterDescriptor_t w;
+  cudnnConvolutionDescriptor_t c;
+  cudnnConvolutionFwdAlgo_t fwd;
+  cudnnConvolutionBwdDataAlgo_t bwd_data;
+  cudnnConvolutionBwdFilterAlgo_t bwd_filter;
+  size_t ws_bytes; // the largest of the three algorithms' workspaces
+} dnn_plan;
+
+enum { DNN_PLANS = 32 }; // distinct conv shapes per thread (a CNN has a few dozen at most)
+static thread_local cudnnHandle_t tl_dnn = nullptr;
+static thread_local dnn_plan tl_plans[DNN_PLANS];
+static thread_local int tl_nplans = 0;
+
+static bool use_cudnn(void) {
+  const char *e = getenv("PANSURV_CONV");
+  return !(e && !strcmp(e, "im2col"));
+}
+
+// The first deterministic algorithm (perf arrays are sorted fastest first).
+template <typename Perf, typename Algo> static bool pick(const Perf *perf, int n, Algo *algo, size_t *mem) {
+  for (int i = 0; i < n; i++)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].determinism == CUDNN_DETERMINISTIC) {
+      *algo = perf[i].algo;
+      *mem = perf[i].memory;
+      return true;
+    }
+  return false;
+}
+
+static ps_status dnn_plan_for(const cconv_dims *d, dnn_plan **out) {
+  bool tf32 = ps_cuda_tf32_enabled();
+  for (int i = 0; i < tl_nplans; i++)
+    if (!memcmp(&tl_plans[i].d, d, sizeof *d) && tl_plans[i].tf32 == tf32) {
+      *out = &tl_plans[i];
+      return PS_OK;
+    }
+  PS_REQUIRE(d->N <= INT32_MAX && d->C <= INT32_MAX && d->H <= INT32_MAX && d->W <= INT32_MAX && d->OC <= INT32_MAX,
+             "conv2d: sizes exceed cuDNN's int range");
+  if (!tl_dnn) PS_CUDNN_CHECK(cudnnCreate(&tl_dnn));
+  if (tl_nplans == DNN_PLANS) { // full: recycle the oldest slot
+    dnn_plan *o = &tl_plans[0];
+    cudnnDestroyTensorDescriptor(o->x);
+    cudnnDestroyTensorDescriptor(o->y);
+    cudnnDestroyFilterDescriptor(o->w);
+    cudnnDestroyConvolutionDescriptor(o->c);
+    memmove(tl_plans, tl_plans + 1, (DNN_PLANS - 1) * sizeof(dnn_plan));
+    tl_nplans--;
+  }
+  dnn_plan *p = &tl_plans[tl_nplans];
+  memset(p, 0, sizeof *p);
+  p->d = *d;
+  p->tf32 = tf32;
+  PS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
+  PS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y));
+  PS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w));
+  PS_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->c));
+  PS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)d->N, (int)d->C, (int)d->H,
+                                            (int)d->W));
+  PS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)d->N, (int)d->OC,
+                                            (int)d->OH, (int)d->OW));
+  PS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, (int)d->OC, (int)d->C,
+                                            (int)d->KH, (int)d->KW));
+  // Cross-correlation, as the CPU op (no kernel flip).
+  PS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->c, d->ph, d->pw, d->sh, d->sw, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                 CUDNN_DATA_FLOAT));
+  // FMA math: plain fp32 (cuDNN's default may use TF32 tensor cores for float on Ampere+).
+  PS_CUDNN_CHECK(cudnnSetConvolutionMathType(p->c, tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
+  int n = 0;
+  size_t m1 = 0, m2 = 0, m3 = 0;
+  cudnnConvolutionFwdAlgoPerf_t fp[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  PS_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(tl_dnn, p->x, p->w, p->c, p->y,
+                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, fp));
+  bool ok = pick(fp, n, &p->fwd, &m1);
+  cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+  PS_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(tl_dnn, p->w, p->y, p->c, p->x,
+                                                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, dp));
+  ok = ok && pick(dp, n, &p->bwd_data, &m2);
+  cudnnConvolutionBwdFilterAlgoPerf_t wp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+  PS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(tl_dnn, p->x, p->y, p->c, p->w,
+                                                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, wp));
+  ok = ok && pick(wp, n, &p->bwd_filter, &m3);
+  if (!ok) {
+    cudnnDestroyTensorDescriptor(p->x);
+    cudnnDestroyTensorDescriptor(p->y);
+    cudnnDestroyFilterDescriptor(p->w);
+    cudnnDestroyConvolutionDescriptor(p->c);
+    PS_FAIL(PS_ERR_UNSUPPORTED, "conv2d: cuDNN offers no deterministic algorithm for this shape");
+  }
+  p->ws_bytes = m1 > m2 ? (m1 > m3 ? m1 : m3) : (m2 > m3 ? m2 : m3);
+  tl_nplans++;
+  *out = p;
+  return PS_OK;
+}
+#endif
+
 extern "C" int64_t ps_cuda_op_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w,
                                                       const ps_conv2d_params *p) {
   cconv_dims d;
   if (!conv_dims(&d, in, w, p)) return -1;
-  return d.CKK * d.P;
+  int64_t floats = d.CKK * d.P; // the im2col fallback's lowered image
+#if PANSURV_HAVE_CUDNN
+  dnn_plan *pl = nullptr;
+  if (use_cudnn() && ps_cuda_device_count() > 0 && dnn_plan_for(&d, &pl) == PS_OK) {
+    int64_t f = (int64_t)((pl->ws_bytes + sizeof(float) - 1) / sizeof(float));
+    if (f > floats) floats = f;
+  }
+#endif
+  return floats;
 }
 
 // col (CKK, P) from one image x (C, H, W); out-of-image taps are 0.
@@ -73,6 +196,10 @@ __global__ static void bias_rows_kernel(float *y, const float *b, int64_t N, int
   PS_CUDA_FOR(i, N * OC * P) y[i] = b[(i / P) % OC];
 }
 
+__global__ static void bias_add_rows_kernel(float *y, const float *b, int64_t N, int64_t OC, int64_t P) {
+  PS_CUDA_FOR(i, N * OC * P) y[i] += b[(i / P) % OC];
+}
+
 // db (OC) += per-channel sums of dout (N, OC, P), in double; one block per channel.
 __global__ static void conv_db_kernel(float *db, const float *g, int64_t N, int64_t OC, int64_t P) {
   __shared__ double shd[32];
@@ -98,10 +225,26 @@ extern "C" ps_status ps_cuda_op_conv2d_forward(ps_tensor *out, const ps_tensor *
   static const char op[] = "ps_conv2d_forward";
   cconv_dims d;
   PS_REQUIRE(conv_dims(&d, in, w, p), "%s: bad shapes", op);
-  PS_TRY(check_workspace(op, &d, workspace));
   if (d.N == 0 || d.OC == 0 || d.P == 0) return PS_OK;
   float *y = (float *)out->data, *col = (float *)workspace->data;
   const float *x = (const float *)in->data, *wt = (const float *)w->data;
+#if PANSURV_HAVE_CUDNN
+  dnn_plan *pl = nullptr;
+  if (use_cudnn() && dnn_plan_for(&d, &pl) == PS_OK &&
+      pl->ws_bytes <= (size_t)ps_tensor_numel(workspace) * sizeof(float)) {
+    const float one = 1.0f, zero = 0.0f;
+    PS_CUDNN_CHECK(cudnnConvolutionForward(tl_dnn, &one, pl->x, x, pl->w, wt, pl->c, pl->fwd, col, pl->ws_bytes, &zero,
+                                           pl->y, y));
+    if (b) {
+      bias_add_rows_kernel<<<ps_cuda_grid(d.N * d.OC * d.P), PS_CUDA_BLOCK>>>(y, (const float *)b->data, d.N, d.OC,
+                                                                              d.P);
+      PS_CUDA_LAUNCHED();
+    }
+    return PS_OK;
+  }
+  ps_error_clear();
+#endif
+  PS_TRY(check_workspace(op, &d, workspace));
   float beta = 0.0f;
   if (b) {
     bias_rows_kernel<<<ps_cuda_grid(d.N * d.OC * d.P), PS_CUDA_BLOCK>>>(y, (const float *)b->data, d.N, d.OC, d.P);
@@ -127,7 +270,6 @@ extern "C" ps_status ps_cuda_op_conv2d_backward(ps_tensor *din, ps_tensor *dw, p
   static const char op[] = "ps_conv2d_backward";
   cconv_dims d;
   PS_REQUIRE(conv_dims(&d, in, w, p), "%s: bad shapes", op);
-  PS_TRY(check_workspace(op, &d, workspace));
   if (d.N == 0) return PS_OK;
   const float *g = (const float *)dout->data, *x = (const float *)in->data, *wt = (const float *)w->data;
   float *col = (float *)workspace->data;
@@ -136,6 +278,22 @@ extern "C" ps_status ps_cuda_op_conv2d_backward(ps_tensor *din, ps_tensor *dw, p
     PS_CUDA_LAUNCHED();
   }
   if (d.P == 0 || d.OC == 0) return PS_OK;
+#if PANSURV_HAVE_CUDNN
+  dnn_plan *pl = nullptr;
+  if ((din || dw) && use_cudnn() && dnn_plan_for(&d, &pl) == PS_OK &&
+      pl->ws_bytes <= (size_t)ps_tensor_numel(workspace) * sizeof(float)) {
+    const float one = 1.0f; // beta = 1: both gradients accumulate
+    if (dw)
+      PS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(tl_dnn, &one, pl->x, x, pl->y, g, pl->c, pl->bwd_filter, col,
+                                                    pl->ws_bytes, &one, pl->w, (float *)dw->data));
+    if (din)
+      PS_CUDNN_CHECK(cudnnConvolutionBackwardData(tl_dnn, &one, pl->w, wt, pl->y, g, pl->c, pl->bwd_data, col,
+                                                  pl->ws_bytes, &one, pl->x, (float *)din->data));
+    return PS_OK;
+  }
+  ps_error_clear();
+#endif
+  PS_TRY(check_workspace(op, &d, workspace));
   bool pw = pointwise(&d);
   for (int64_t n = 0; n < d.N; n++) {
     const float *xn = x + n * d.C * d.H * d.W, *gn = g + n * d.OC * d.P;

@@ -31,6 +31,8 @@ static inline unsigned ps_cuda_rows_grid(int64_t rows) {
 
 // The calling thread's cuBLAS handle, created once (on the current device).
 ps_status ps_cuda_blas_handle(cublasHandle_t *h);
+// Whether this thread's GEMMs/convolutions may use TF32 (ps_cuda_set_tf32).
+bool ps_cuda_tf32_enabled(void);
 // The calling thread's device scratch of at least nbytes (grows, never shrinks;
 // cudaMalloc only on growth, i.e. on the first steps). Valid until the next call
 // from this thread that needs more; ops use it on the default stream in order.

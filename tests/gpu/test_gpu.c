@@ -1,6 +1,7 @@
 // CUDA ops vs their CPU twins on the same seeded inputs, forward and backward:
 // normalized error ||gpu - cpu|| / ||cpu||. Tolerances sit next to each check.
 // Without a device (or without CUDA) every case but gpu_bind prints SKIP and passes.
+#define _POSIX_C_SOURCE 200809L // setenv
 #include <stdlib.h>
 #include <string.h>
 
@@ -280,9 +281,16 @@ static int conv_case(const char *name, int64_t N, int64_t C, int64_t H, int64_t 
 
 static int test_spatial(void) {
   if (skip("gpu_spatial")) return 0;
-  if (conv_case("conv 3x3 s1 p1", 2, 3, 9, 8, 4, 3, (ps_conv2d_params){1, 1, 1, 1})) return 1;
-  if (conv_case("conv 3x3 s2 p1", 3, 2, 11, 10, 5, 3, (ps_conv2d_params){2, 2, 1, 1})) return 1;
-  if (conv_case("conv 1x1", 2, 6, 5, 5, 3, 1, (ps_conv2d_params){1, 1, 0, 0})) return 1;
+  // Both CUDA convolution paths: cuDNN (when built with it) and the own im2col kernels.
+  for (int path = 0; path < 2; path++) {
+    if (path == 1) setenv("PANSURV_CONV", "im2col", 1);
+    printf("  conv path: %s\n", path ? "im2col + cuBLAS" : (PANSURV_HAVE_CUDNN ? "cuDNN" : "im2col + cuBLAS"));
+    if (conv_case("conv 3x3 s1 p1", 2, 3, 9, 8, 4, 3, (ps_conv2d_params){1, 1, 1, 1})) return 1;
+    if (conv_case("conv 3x3 s2 p1", 3, 2, 11, 10, 5, 3, (ps_conv2d_params){2, 2, 1, 1})) return 1;
+    if (conv_case("conv 3x3 s2x1 p2x0", 2, 3, 12, 9, 4, 3, (ps_conv2d_params){2, 1, 2, 0})) return 1;
+    if (conv_case("conv 1x1", 2, 6, 5, 5, 3, 1, (ps_conv2d_params){1, 1, 0, 0})) return 1;
+  }
+  unsetenv("PANSURV_CONV");
   int ks[2][2] = {{2, 2}, {3, 2}}; // non-overlapping and overlapping windows
   for (int c = 0; c < 2; c++) {
     int k = ks[c][0], s = ks[c][1];
