@@ -80,7 +80,7 @@ ps_status ps_nccl_grad_create(ps_nccl_grad **out, ps_comm *c, int nbuckets);
 void ps_nccl_grad_destroy(ps_nccl_grad *g);
 ps_status ps_nccl_grad_start(ps_nccl_grad *g, int bucket, float *buf, int64_t count);
 ps_status ps_nccl_grad_test(ps_nccl_grad *g, int bucket, bool *done);
-ps_status ps_nccl_grad_wait_all(ps_nccl_grad *g, double timeout_s);
+void ps_nccl_grad_abort(ps_nccl_grad *g); // after a timeout: ncclCommAbort
 #endif
 
 #endif

@@ -274,10 +274,13 @@ ps_status ps_grad_sync_finish(ps_grad_sync *s, ps_grad_sync_timing *timing) {
     PS_TRY(progress(s, &moved));
     double now = ps_comm_now();
     if (moved) last_move = now;
-    else if (c->timeout_s > 0 && now - last_move > c->timeout_s)
+    else if (c->timeout_s > 0 && now - last_move > c->timeout_s) {
+#if PS_COMM_WITH_NCCL
+      ps_nccl_grad_abort(s->nccl);
+#endif
       PS_FAIL(PS_ERR_MPI, "rank %d: gradient all-reduce made no progress for %.0f s (%d buckets in flight): a peer "
               "died or hangs", c->rank, c->timeout_s, running);
-    else sched_yield(); // ranks may share cores (mpi_yield_when_idle)
+    } else sched_yield(); // ranks may share cores (mpi_yield_when_idle)
   }
   double t1 = ps_comm_now();
   s->in_step = false;
