@@ -17,6 +17,19 @@ ps_status ps_comm_backend_parse(const char *s, ps_comm_backend *out);
 
 typedef struct ps_comm ps_comm; // opaque
 
+// How in-flight gradient buckets (MPI backend) make progress during backward.
+// THREAD: a progress thread (MPI_THREAD_MULTIPLE) tests them and does the
+// ring's additions while the main thread computes or waits on a GPU; it
+// sleeps when nothing is in flight. TEST: MPI_Test calls inside
+// ps_grad_sync_ready() only (MPI_THREAD_FUNNELED). AUTO: THREAD, or TEST when
+// an already-initialized MPI lacks MPI_THREAD_MULTIPLE. Chosen by the
+// environment variable PANSURV_COMM_PROGRESS=auto|thread|test (default auto),
+// read by ps_comm_init (the options struct stays three fields so existing
+// positional initializers keep compiling warning-free).
+typedef enum { PS_PROGRESS_AUTO = 0, PS_PROGRESS_THREAD, PS_PROGRESS_TEST, PS_PROGRESS_COUNT } ps_comm_progress;
+const char *ps_comm_progress_name(ps_comm_progress p);
+ps_status ps_comm_progress_parse(const char *s, ps_comm_progress *out);
+
 typedef struct {
   ps_comm_backend backend; // AUTO: NCCL when `device` is PS_CUDA and NCCL is built, else MPI
   ps_device device;        // where collective buffers live
@@ -40,6 +53,7 @@ int ps_comm_local_size(const ps_comm *c);
 int ps_comm_node_count(const ps_comm *c);
 int ps_comm_threads(const ps_comm *c);
 ps_comm_backend ps_comm_get_backend(const ps_comm *c);
+ps_comm_progress ps_comm_get_progress(const ps_comm *c); // THREAD or TEST after init
 // GPU bound to this rank (its local rank), -1 unless device == PS_CUDA.
 int ps_comm_cuda_device(const ps_comm *c);
 // Pointer to this communicator's MPI_Comm (a dup of MPI_COMM_WORLD), for
@@ -81,8 +95,8 @@ ps_status ps_comm_wait(ps_comm_request *req); // frees req
 // E = bucket_bytes / 4, so bucket 0 (the last layers) fires first.
 //
 // MPI backend: an own ring all-reduce (reduce-scatter + all-gather over
-// MPI_Isend/Irecv), progressed by MPI_Test inside ready() and finish() (no
-// progress thread; MPI_THREAD_FUNNELED). Deterministic: a bucket of n
+// MPI_Isend/Irecv), progressed by the progress thread or by MPI_Test inside
+// ready() and finish() (see ps_comm_progress). Deterministic: a bucket of n
 // elements is cut into p chunks, chunk k = [k*n/p, (k+1)*n/p), and chunk k is
 // summed as (((g_k + g_{k+1}) + g_{k+2}) + ...) over ranks k, k+1, ... mod p,
 // whatever the timing; every rank receives the same bits. For p = 2 this

@@ -38,6 +38,7 @@ struct ps_comm {
   int thread_level; // provided by MPI_Init_thread / MPI_Query_thread
   int cuda_device;  // -1 unless device == PS_CUDA
   ps_comm_backend backend;
+  ps_comm_progress progress; // THREAD or TEST (resolved)
   ps_device device;
   bool we_initialized_mpi;
   double timeout_s; // watchdog bound on blocking waits (PANSURV_COMM_TIMEOUT, seconds; 0 = off)

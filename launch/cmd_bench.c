@@ -11,7 +11,10 @@ typedef struct {
   const char *summary;
 } bench_entry;
 
+int ps_bench_comm(int argc, char **argv); // bench_comm.c
+
 static const bench_entry benches[] = {
+    {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 

@@ -80,8 +80,8 @@ int main(int argc, char **argv) {
   ps_grad_sync_timing tm;
   if (run_sync(c, g, &tm, 1)) return 1;
   if (me == 0)
-    printf("np %d: %d buckets, compute %.3f ms, comm wait %.3f ms, total %.3f ms, %d done before finish\n", p,
-           tm.buckets, 1e3 * tm.compute_s, 1e3 * tm.comm_wait_s, 1e3 * tm.total_s, tm.done_early);
+    printf("np %d, progress %s: %d buckets, compute %.3f ms, comm wait %.3f ms, total %.3f ms, %d done before finish\n", p,
+           ps_comm_progress_name(ps_comm_get_progress(c)), tm.buckets, 1e3 * tm.compute_s, 1e3 * tm.comm_wait_s, 1e3 * tm.total_s, tm.done_early);
   TU_CHECK(tm.done_early >= 1, "no bucket completed before finish");
 
   // Ring-order reference: bucket k, chunk j summed from rank j onwards.
