@@ -33,6 +33,7 @@ typedef struct {
   int64_t bucket_bytes;
   double backward_ms;  // --buckets: simulated backward duration
   int layers;
+  bool corrupt;        // --corrupt: flip one result element, to show that validation catches it
 } bench_opts;
 
 static void usage(FILE *f) {
@@ -47,7 +48,8 @@ static void usage(FILE *f) {
           "The raw columns time the plain MPI call (MPI_Allreduce, MPI_Allgather, MPI_Bcast) on the same\n"
           "buffers; ratio = our busbw / raw busbw.\n"
           "--buckets: a gradient arena of --params floats synchronized bucketed during a simulated backward\n"
-          "(--layers layers, --backward-ms in total, idle like a CPU waiting on a GPU) vs one all-reduce after it.\n");
+          "(--layers layers, --backward-ms in total, idle like a CPU waiting on a GPU) vs one all-reduce after it.\n"
+          "--corrupt: rank 0 flips one result element before validation (checks that #wrong catches it).\n");
 }
 
 // "4K" -> 4096; binary suffixes K M G; fractional mantissa allowed ("2.6M" for --params).
@@ -65,7 +67,8 @@ static int parse_size(const char *s, int64_t *out) {
 }
 
 static int parse_args(int argc, char **argv, bench_opts *o) {
-  *o = (bench_opts){PS_COMM_MPI, OP_ALLREDUCE, 4096, 256 << 20, 20, 5, false, 2600000, 0, 20.0, 26};
+  *o = (bench_opts){.backend = PS_COMM_MPI, .op = OP_ALLREDUCE, .min_bytes = 4096, .max_bytes = 256 << 20,
+                    .iters = 20, .warmup = 5, .params = 2600000, .backward_ms = 20.0, .layers = 26};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int bad = 0;
@@ -74,6 +77,9 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
       return 1;
     } else if (!strcmp(a, "--buckets")) {
       o->buckets = true;
+      continue;
+    } else if (!strcmp(a, "--corrupt")) {
+      o->corrupt = true;
       continue;
     } else if (!v) {
       bad = 1;
@@ -185,6 +191,7 @@ static ps_status prepare(bench_ctx *b, bool inplace, int64_t n) {
 
 static int64_t count_wrong(bench_ctx *b, int64_t n) {
   if (copy_out(b, b->recv, n) != PS_OK) return n;
+  if (b->o->corrupt && b->me == 0) b->host[n / 2] += 1.0f;
   int64_t wrong = 0, per = n / b->p;
   for (int64_t i = 0; i < n; i++) {
     float want;
@@ -396,6 +403,7 @@ static ps_status run_buckets(bench_ctx *b, int *wrong_total) {
     }
   }
   int64_t wrong = 0;
+  if (o->corrupt && b->me == 0) g[n / 2] += 1.0f;
   for (int64_t i = 0; i < n; i++) wrong += g[i] != ref[i]; // small integers: exact in any order
   MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
   *wrong_total += wrong > 0;
