@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,19 @@ void ps_comm_watch_begin(ps_comm *c, const char *what) {
 
 void ps_comm_watch_end(ps_comm *c) {
   if (c->watch_running) atomic_store(&c->watch_deadline_ns, 0);
+}
+
+_Static_assert(sizeof(pthread_t) <= sizeof(unsigned long), "pthread_t is stored in an unsigned long");
+
+int ps_comm_thread_start(unsigned long *thread, void *(*fn)(void *), void *arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t th;
+  int rc = pthread_create(&th, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc == 0) *thread = (unsigned long)th;
+  return rc;
 }
 
 // ---- init ------------------------------------------------------------------
@@ -286,11 +300,7 @@ ps_status ps_comm_init(ps_comm **out, int *argc, char ***argv, const ps_comm_opt
   }
   if (s == PS_OK) s = init_rest(c, opt);
   if (s == PS_OK && c->timeout_s > 0) {
-    pthread_t th;
-    if (pthread_create(&th, NULL, watchdog_main, c) == 0) {
-      c->watch_running = true;
-      c->watch_thread = (unsigned long)th;
-    }
+    if (ps_comm_thread_start(&c->watch_thread, watchdog_main, c) == 0) c->watch_running = true;
   }
   if (s != PS_OK) {
     ps_comm_finalize(c);

@@ -58,6 +58,9 @@ struct ps_comm {
 MPI_Datatype ps_comm_mpi_type(ps_dtype t);
 MPI_Op ps_comm_mpi_op(ps_comm_op op);
 double ps_comm_now(void);
+// pthread_create with every signal blocked in the new thread, so signals meant
+// for the process (SIGUSR1 preemption notices, SIGTERM) reach the main thread.
+int ps_comm_thread_start(unsigned long *thread, void *(*fn)(void *), void *arg);
 // Watchdog guards around a blocking MPI call: if it does not return within
 // timeout_s the process prints what it was waiting for and exits non-zero
 // (the launcher then ends the job).

@@ -273,12 +273,14 @@ ps_status ps_grad_sync_create(ps_grad_sync **out, ps_comm *c, float *grads, int6
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->wake, NULL);
     pthread_cond_init(&s->moved, NULL);
-    if (pthread_create(&s->thread, NULL, progress_main, s) != 0) {
+    unsigned long th = 0;
+    if (ps_comm_thread_start(&th, progress_main, s) != 0) {
       pthread_cond_destroy(&s->moved);
       pthread_cond_destroy(&s->wake);
       pthread_mutex_destroy(&s->mu);
       st = ps_error_set(PS_ERR_INTERNAL, __FILE__, __LINE__, "grad_sync_create: cannot start the progress thread");
     } else {
+      s->thread = (pthread_t)th;
       s->threaded = true;
     }
   }

@@ -303,6 +303,10 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
   }
   double rmin[2] = {1e30, 1e30}, rsum[2] = {0, 0};
   int rn = 0;
+  // Weighted least squares of t = A + B*bytes over the out-of-place rows
+  // (weights 1/t^2: relative error, so small sizes count as much as large).
+  double sw = 0, swx = 0, swy = 0, swxx = 0, swxy = 0;
+  int nfit = 0;
   for (int64_t bytes = o->min_bytes; bytes <= o->max_bytes; bytes *= 2) {
     int64_t n = bytes / (int64_t)sizeof(float);
     if (o->op == OP_ALLGATHER) n = n / b->p * b->p;
@@ -321,6 +325,11 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
         rsum[ip] += r;
       }
       rn++;
+    }
+    if (cl[0][0].time_us > 0) {
+      double x = (double)n * sizeof(float), y = cl[0][0].time_us * 1e-6, w = 1.0 / (y * y);
+      sw += w, swx += w * x, swy += w * y, swxx += w * x * x, swxy += w * x * y;
+      nfit++;
     }
     if (b->me == 0) {
       printf(" %11lld %11lld %5s %5s |", (long long)(n * (int64_t)sizeof(float)), (long long)n, "float",
@@ -344,6 +353,14 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
   if (b->me == 0 && rn > 0)
     printf("# busbw ours/raw over 1-64 MiB (%d sizes): out-of-place min %.1f%% mean %.1f%%, in-place min %.1f%% mean "
            "%.1f%%\n", rn, 100 * rmin[0], 100 * rsum[0] / rn, 100 * rmin[1], 100 * rsum[1] / rn);
+  double det = sw * swxx - swx * swx;
+  if (b->me == 0 && o->op == OP_ALLREDUCE && b->p > 1 && nfit >= 3 && det > 0) {
+    double A = (swxx * swy - swx * swxy) / det, B = (sw * swxy - swx * swy) / det;
+    // Ring all-reduce: t = 2(p-1) alpha + 2(p-1)/p * n * beta.
+    double alpha = A / (2.0 * (b->p - 1)), beta = B / (2.0 * (b->p - 1) / b->p);
+    printf("# alpha-beta fit of the out-of-place rows to t = 2(p-1)a + 2(p-1)/p n b (%d sizes): alpha = %.2f us, "
+           "beta = %.4f ns/byte (1/beta = %.2f GB/s)\n", nfit, alpha * 1e6, beta * 1e9, beta > 0 ? 1e-9 / beta : 0);
+  }
   if (b->me == 0) printf("# Out of bounds values : %d %s\n", *wrong_total, *wrong_total ? "FAILED" : "OK");
   for (int w = 0; w < 2; w++)
     for (int ip = 0; ip < 2; ip++) free(times[w][ip]);
