@@ -267,12 +267,15 @@ static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
     if (n == 0)
       local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
                            "GPU is visible", c->rank, c->local_rank);
-    else if (c->local_size > n)
+    else if (n > 1 && c->local_size > n)
       local = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "rank %d: %d ranks on this node but %d visible GPUs; "
                            "launch one rank per GPU (srun --ntasks-per-node=%d --gpus-per-task=1, or fewer ranks)",
                            c->rank, c->local_size, n, n);
     else {
-      c->cuda_device = c->local_rank; // one rank per GPU, local rank -> visible device
+      // n >= local size: local rank -> device. n == 1 with several local ranks: the launcher gave each rank its
+      // own GPU (srun --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES per task); if they really share one, NCCL's
+      // init reports the duplicate GPU.
+      c->cuda_device = n == 1 ? 0 : c->local_rank;
       local = ps_cuda_set_device(c->cuda_device);
     }
     PS_TRY(ps_comm_agree(c, local, &global));
