@@ -538,9 +538,13 @@ ps_status ps_comm_wait(ps_comm_request *req) {
   ps_status s = PS_OK;
   while (s == PS_OK && !done) {
     s = ps_comm_test(req, &done);
-    if (s == PS_OK && !done && c->timeout_s > 0 && ps_comm_now() - t0 > c->timeout_s)
+    if (s == PS_OK && !done && c->timeout_s > 0 && ps_comm_now() - t0 > c->timeout_s) {
+#if PS_COMM_WITH_NCCL
+      if (req->is_nccl) ps_comm_nccl_abort(c);
+#endif
       s = ps_error_set(PS_ERR_MPI, __FILE__, __LINE__, "rank %d: asynchronous all-reduce did not complete within "
                        "%.0f s (a peer died or hangs)", c->rank, c->timeout_s);
+    }
     if (s == PS_OK && !done) sched_yield();
   }
   req->used = false;

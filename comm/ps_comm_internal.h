@@ -78,6 +78,7 @@ ps_status ps_comm_nccl_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype 
 ps_status ps_comm_nccl_iallreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t,
                                   ps_comm_op op, ps_comm_request *req);
 ps_status ps_comm_nccl_test(ps_comm_request *req, bool *done);
+void ps_comm_nccl_abort(ps_comm *c); // after a timeout: ncclCommAbort, later calls fail
 // Gradient buckets: a second NCCL communicator and stream.
 typedef struct ps_nccl_grad ps_nccl_grad;
 ps_status ps_nccl_grad_create(ps_nccl_grad **out, ps_comm *c, int nbuckets);
