@@ -13,6 +13,13 @@
 // and MPI's own description of the error code.
 const char *ps_mpi_error_string(int code);
 #define PS_MPI_CHECK(call) PS_CHECK_GEN(call, int, r == MPI_SUCCESS, PS_ERR_MPI, ps_mpi_error_string(r))
+// The same around a blocking call that the watchdog bounds (the watch ends
+// before the result is checked, so an error return never leaves it armed).
+#define PS_MPI_CHECK_WATCHED(c, call)                                                              \
+  do {                                                                                             \
+    ps_comm_watch_begin((c), #call);                                                               \
+    PS_CHECK_GEN(call, int, (ps_comm_watch_end(c), r == MPI_SUCCESS), PS_ERR_MPI, ps_mpi_error_string(r)); \
+  } while (0)
 
 // Outstanding asynchronous requests per communicator (a pool, so that
 // iallreduce allocates nothing inside a training step).
