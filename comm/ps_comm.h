@@ -111,7 +111,7 @@ ps_status ps_comm_wait(ps_comm_request *req); // frees req
 // whatever the timing; every rank receives the same bits. For p = 2 this
 // equals MPI_Allreduce bit for bit (a + b == b + a in IEEE arithmetic).
 // NCCL backend: ncclAllReduce per bucket on an own NCCL communicator and
-// stream (deterministic for a fixed world size and NCCL_ALGO/NCCL_PROTO).
+// stream (its summation order is NCCL's: pin NCCL_ALGO/NCCL_PROTO to repeat).
 #define PS_GRAD_SYNC_DEFAULT_BUCKET_BYTES (2 << 20) // on this CPU MPI_Allreduce is fastest at 1-4 MB
 typedef struct ps_grad_sync ps_grad_sync;
 typedef struct {
