@@ -297,11 +297,11 @@ ps_status ps_coxph(const ps_coxph_input *in, ps_coxph_fit *out) {
   out->iterations = iter;
   out->converged = converged;
   out->n = n, out->p = p, out->events = events;
-  // var = I^-1 (columns by solves with chol(I) in L); coef/se on the input (or standardized) scale.
+  // var = I^-1 (columns by solves with chol(I) in L), on the scale that was fitted.
   for (int64_t c = 0; c < p; c++) {
     for (int64_t k = 0; k < p; k++) step[k] = (k == c);
     chol_solve(L, p, step);
-    for (int64_t k = 0; k < p; k++) out->var[k * p + c] = step[k] / (scale[k] * scale[c]);
+    for (int64_t k = 0; k < p; k++) out->var[k * p + c] = step[k];
   }
   out->wald = 0;
   for (int64_t a = 0; a < p; a++) {
@@ -310,7 +310,7 @@ ps_status ps_coxph(const ps_coxph_input *in, ps_coxph_fit *out) {
     out->wald += beta[a] * t;
   }
   for (int64_t k = 0; k < p; k++) {
-    out->coef[k] = beta[k] / scale[k];
+    out->coef[k] = beta[k]; // centring leaves beta unchanged; --standardize fits on the z-scale
     out->se[k] = sqrt(out->var[k * p + k]);
   }
   out->lr = 2.0 * (out->loglik - out->loglik_null);
