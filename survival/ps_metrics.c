@@ -36,11 +36,111 @@ typedef struct {
   int64_t idx;
 } tkey;
 
-static int tkey_cmp(const void *a, const void *b) {
-  const tkey *x = a, *y = b;
-  if (x->stratum != y->stratum) return x->stratum < y->stratum ? -1 : 1;
-  if (x->time != y->time) return x->time < y->time ? -1 : 1;
-  return (x->idx > y->idx) - (x->idx < y->idx);
+
+// Stable bottom-up merge sorts with the comparison inlined (qsort's indirect
+// calls dominate at N = 1e6).
+#define PS_DEFINE_MERGE_SORT(fname, T, less)                                                    \
+  static int fname(T *a, int64_t n) {                                                          \
+    if (n < 2) return 0;                                                                       \
+    T *tmp = malloc((size_t)n * sizeof *tmp);                                                  \
+    if (!tmp) return -1;                                                                       \
+    T *src = a, *dst = tmp;                                                                    \
+    const int64_t run = 16;                                                                    \
+    for (int64_t lo = 0; lo < n; lo += run) {                                                  \
+      int64_t hi = lo + run < n ? lo + run : n;                                                \
+      for (int64_t i = lo + 1; i < hi; i++) {                                                  \
+        T k = src[i];                                                                          \
+        int64_t j = i;                                                                         \
+        while (j > lo && less(&k, &src[j - 1])) src[j] = src[j - 1], j--;                      \
+        src[j] = k;                                                                            \
+      }                                                                                        \
+    }                                                                                          \
+    for (int64_t w = run; w < n; w *= 2) {                                                     \
+      for (int64_t lo = 0; lo < n; lo += 2 * w) {                                              \
+        int64_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;           \
+        int64_t i = lo, j = mid, k = lo;                                                       \
+        while (i < mid && j < hi) dst[k++] = less(&src[j], &src[i]) ? src[j++] : src[i++];     \
+        while (i < mid) dst[k++] = src[i++];                                                   \
+        while (j < hi) dst[k++] = src[j++];                                                    \
+      }                                                                                        \
+      T *t = src;                                                                              \
+      src = dst, dst = t;                                                                      \
+    }                                                                                          \
+    if (src != a) memcpy(a, src, (size_t)n * sizeof *a);                                       \
+    free(tmp);                                                                                 \
+    return 0;                                                                                  \
+  }
+
+static inline int dkey_less(const dkey *x, const dkey *y) {
+  return x->key < y->key || (x->key == y->key && x->idx < y->idx);
+}
+static inline int tkey_less(const tkey *x, const tkey *y) {
+  if (x->stratum != y->stratum) return x->stratum < y->stratum;
+  if (x->time != y->time) return x->time < y->time;
+  return x->idx < y->idx;
+}
+PS_DEFINE_MERGE_SORT(sort_dkey, dkey, dkey_less)
+PS_DEFINE_MERGE_SORT(sort_tkey, tkey, tkey_less)
+
+// LSD radix sort of (key, idx) records by an order-preserving 64-bit image of
+// the double key, 16-bit digits, stable (ties keep their input order). At
+// N = 1e6 it is ~5x faster than the merge sort. tmp: (N) scratch.
+static inline uint64_t dbits(double d) {
+  uint64_t u;
+  if (d == 0) d = 0; // -0 == +0
+  memcpy(&u, &d, sizeof u);
+  return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+}
+
+static int radix_dkey(dkey *a, int64_t n) {
+  if (n < 256) return sort_dkey(a, n);
+  dkey *tmp = malloc((size_t)n * sizeof *tmp);
+  uint64_t *cnt = malloc(65536 * sizeof *cnt);
+  if (!tmp || !cnt) {
+    free(tmp), free(cnt);
+    return -1;
+  }
+  dkey *src = a, *dst = tmp;
+  for (int shift = 0; shift < 64; shift += 16) {
+    memset(cnt, 0, 65536 * sizeof *cnt);
+    for (int64_t i = 0; i < n; i++) cnt[(dbits(src[i].key) >> shift) & 0xffff]++;
+    uint64_t sum = 0;
+    int trivial = 0;
+    for (int b = 0; b < 65536; b++) {
+      if (cnt[b] == (uint64_t)n) trivial = 1;
+      uint64_t c = cnt[b];
+      cnt[b] = sum;
+      sum += c;
+    }
+    if (trivial) continue; // every key shares this digit
+    for (int64_t i = 0; i < n; i++) dst[cnt[(dbits(src[i].key) >> shift) & 0xffff]++] = src[i];
+    dkey *t = src;
+    src = dst, dst = t;
+  }
+  if (src != a) memcpy(a, src, (size_t)n * sizeof *a);
+  free(tmp), free(cnt);
+  return 0;
+}
+
+// Time order within strata: radix by time, then (when strata vary) a stable
+// merge by stratum keeps the time order inside each stratum.
+static int sort_time_order(tkey *a, int64_t n) {
+  dkey *k = malloc((size_t)(n ? n : 1) * sizeof *k);
+  tkey *c = malloc((size_t)(n ? n : 1) * sizeof *c);
+  if (!k || !c) {
+    free(k), free(c);
+    return -1;
+  }
+  for (int64_t i = 0; i < n; i++) k[i] = (dkey){a[i].time, i};
+  int rc = radix_dkey(k, n);
+  if (rc == 0) {
+    memcpy(c, a, (size_t)n * sizeof *c);
+    int many = 0;
+    for (int64_t i = 0; i < n; i++) a[i] = c[k[i].idx], many |= a[i].stratum != a[0].stratum;
+    if (many) rc = sort_tkey(a, n); // presorted runs: cheap
+  }
+  free(k), free(c);
+  return rc;
 }
 
 static ps_status check_inputs(int64_t n, const double *time, const uint8_t *event, const double *risk) {
@@ -109,8 +209,10 @@ ps_status ps_cindex_compute(ps_cindex_kind kind, int64_t n, const double *time, 
     ord[i] = (tkey){stratum ? stratum[i] : 0, event[i], time[i], i};
     rk[i] = (dkey){risk[i], i};
   }
-  qsort(ord, sz, sizeof *ord, tkey_cmp);
-  qsort(rk, sz, sizeof *rk, dkey_cmp);
+  if (sort_time_order(ord, n) || radix_dkey(rk, n)) {
+    free(ord), free(rk), free(rank), free(wt), free(im), free(fw);
+    PS_FAIL(PS_ERR_MEM, "ps_cindex_compute: out of memory for %lld patients", (long long)n);
+  }
   int64_t K = 0;
   for (int64_t i = 0; i < n; i++) {
     if (i == 0 || rk[i].key != rk[i - 1].key) K++;
@@ -129,6 +231,27 @@ ps_status ps_cindex_compute(ps_cindex_kind kind, int64_t n, const double *time, 
     for (int64_t i = 0; i < n; i++)
       if (time[i] > tau) wt[i] = 0;
 
+  // Everything below runs in time order: rank, weight and the per-patient
+  // counts are indexed by sorted position (sequential memory; the variance
+  // sums over patients in any order). pt holds point masses beside the
+  // Fenwick tree so a tie needs no second prefix query.
+  int64_t *rs = rank; // reuse: rank by sorted position
+  double *ws = wt;    // reuse: weight by sorted position
+  {
+    double *tmpw = (double *)fw; // fw (N + 1) is free until the sweeps
+    for (int64_t k = 0; k < n; k++) tmpw[k] = ws[ord[k].idx];
+    memcpy(ws, tmpw, sz * sizeof *ws);
+    int64_t *tmpr = (int64_t *)im; // im (3N) is free until the sweeps
+    for (int64_t k = 0; k < n; k++) tmpr[k] = rs[ord[k].idx];
+    memcpy(rs, tmpr, sz * sizeof *rs);
+    memset(fw, 0, (sz + 1) * sizeof *fw);
+    memset(im, 0, 3 * sz * sizeof *im);
+  }
+  double *pt = calloc(sz + 1, sizeof *pt);
+  if (!pt) {
+    free(ord), free(rk), free(rank), free(wt), free(im), free(fw);
+    PS_FAIL(PS_ERR_MEM, "ps_cindex_compute: out of memory for %lld patients", (long long)n);
+  }
   ps_cindex_counts cnt = {0, 0, 0, 0, 0};
   int64_t s0 = 0;
   while (s0 < n) { // one stratum [s0, s1)
@@ -141,20 +264,19 @@ ps_status ps_cindex_compute(ps_cindex_kind kind, int64_t n, const double *time, 
       int64_t lo = hi;
       while (lo > s0 && ord[lo - 1].time == ord[hi - 1].time) lo--;
       for (int64_t k = lo; k < hi; k++)
-        if (!ord[k].event) fw_add(fw, K, rank[ord[k].idx], 1.0), tot += 1;
+        if (!ord[k].event) fw_add(fw, K, rs[k], 1.0), pt[rs[k]] += 1, tot += 1;
       int64_t d = 0;
       for (int64_t k = lo; k < hi; k++) {
         if (!ord[k].event) continue;
-        int64_t i = ord[k].idx;
-        double w = wt[i], less = fw_sum(fw, rank[i] - 1), le = fw_sum(fw, rank[i]);
-        double eq = le - less, greater = tot - le;
-        im[3 * i] += w * less, im[3 * i + 1] += w * greater, im[3 * i + 2] += w * eq;
+        double w = ws[k], le = fw_sum(fw, rs[k]), eq = pt[rs[k]];
+        double less = le - eq, greater = tot - le;
+        im[3 * k] += w * less, im[3 * k + 1] += w * greater, im[3 * k + 2] += w * eq;
         cnt.concordant += w * less, cnt.discordant += w * greater, cnt.tied_risk += w * eq;
-        rk[d++].key = (double)rank[i]; // reuse rk as scratch for the group's ranks
+        rk[d++].key = (double)rs[k]; // reuse rk as scratch for the group's ranks
       }
       if (d > 1) { // two events at one time: not comparable, counted as tied_time / tied_both
-        qsort(rk, (size_t)d, sizeof *rk, dkey_cmp);
-        double w = wt[ord[lo].idx], same = 0;
+        sort_dkey(rk, d);
+        double w = ws[lo], same = 0;
         for (int64_t a = 0, b; a < d; a = b) {
           for (b = a; b < d && rk[b].key == rk[a].key; b++) {
           }
@@ -164,10 +286,10 @@ ps_status ps_cindex_compute(ps_cindex_kind kind, int64_t n, const double *time, 
         cnt.tied_both += w * same, cnt.tied_time += w * (all - same);
       }
       for (int64_t k = lo; k < hi; k++)
-        if (ord[k].event) fw_add(fw, K, rank[ord[k].idx], 1.0), tot += 1;
+        if (ord[k].event) fw_add(fw, K, rs[k], 1.0), pt[rs[k]] += 1, tot += 1;
       hi = lo;
     }
-    for (int64_t k = s0; k < s1; k++) fw_clear(fw, K, rank[ord[k].idx]);
+    for (int64_t k = s0; k < s1; k++) fw_clear(fw, K, rs[k]), pt[rs[k]] = 0;
     // Sweep 2, ascending time: each patient against the events that precede
     // it (and, for a censoring, the events at its own time), weighted.
     tot = 0;
@@ -177,19 +299,19 @@ ps_status ps_cindex_compute(ps_cindex_kind kind, int64_t n, const double *time, 
       for (int pass = 0; pass < 2; pass++) {
         if (pass == 1)
           for (int64_t k = lo; k < hi; k++)
-            if (ord[k].event) fw_add(fw, K, rank[ord[k].idx], wt[ord[k].idx]), tot += wt[ord[k].idx];
+            if (ord[k].event) fw_add(fw, K, rs[k], ws[k]), pt[rs[k]] += ws[k], tot += ws[k];
         for (int64_t k = lo; k < hi; k++) {
           if ((int)ord[k].event == pass) continue; // events query before, censorings after the group's events
-          int64_t j = ord[k].idx;
-          double less = fw_sum(fw, rank[j] - 1), le = fw_sum(fw, rank[j]);
-          im[3 * j] += tot - le, im[3 * j + 1] += less, im[3 * j + 2] += le - less;
+          double le = fw_sum(fw, rs[k]), eq = pt[rs[k]];
+          im[3 * k] += tot - le, im[3 * k + 1] += le - eq, im[3 * k + 2] += eq;
         }
       }
       lo = hi;
     }
-    for (int64_t k = s0; k < s1; k++) fw_clear(fw, K, rank[ord[k].idx]);
+    for (int64_t k = s0; k < s1; k++) fw_clear(fw, K, rs[k]), pt[rs[k]] = 0;
     s0 = s1;
   }
+  free(pt);
   out->counts = cnt;
   double npair = cnt.concordant + cnt.discordant + cnt.tied_risk;
   if (npair > 0) {
