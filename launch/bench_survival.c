@@ -44,7 +44,7 @@ static const char *peer_py =
     "try:\n"
     "    if n > int(sys.argv[4]): raise RuntimeError('skipped above --peer-c-max')\n"
     "    from sksurv.metrics import concordance_index_censored\n"
-    "    s, v = best(lambda: concordance_index_censored(e, t, r)[0], 1 if n > 200000 else 3)\n"
+    "    s, v = best(lambda: concordance_index_censored(e, t, r, tied_tol=0.0)[0], 1 if n > 200000 else 3)\n"
     "    out['sksurv_c'] = [s, float(v)]\n"
     "except Exception as x: out['sksurv_c_error'] = str(x)\n"
     "try:\n"
@@ -238,7 +238,7 @@ int ps_bench_survival(int argc, char **argv) {
     double ps_, pv;
     int have = 0;
     if (peer_get(peer, "sksurv_c", &ps_, &pv)) {
-      // scikit-survival counts the same pairs with the same tie rules: 1e-9.
+      // scikit-survival (tied_tol = 0: exact risk ties, as R) counts the same pairs: 1e-9.
       int bad = fabs(pv - c.c) > 1e-9;
       printf("  %9lld %-22s %10.4f %-22s %10.4f %8.1f %20.15f %20.15f %6d\n", (long long)n, "harrell_c+var", tc,
              "sksurv concordance", ps_, ps_ / tc, c.c, pv, wrong + bad);
