@@ -42,10 +42,15 @@ typedef enum { PS_SLIDES_NONE = 0, PS_SLIDES_TILES, PS_SLIDES_FEATURES, PS_SLIDE
 const char *ps_slides_kind_name(ps_slides_kind k);
 
 // ---- in-memory cohort (the writer's input; small tests build one by hand) ----
-// Arrays are owned by the struct when built by ps_cohort_data_alloc and freed by
-// ps_cohort_data_free. Rows of absent modalities are zero (omics, tiles) or NaN (clinical).
+// Arrays are owned by the struct (ps_cohort_data_alloc + ps_cohort_data_alloc_bulk,
+// freed by ps_cohort_data_free). The patient table, names, offsets and slide table
+// cover all N patients; the bulk arrays (omics, clinical, tiles/features, coords)
+// hold only patients [bulk_first, bulk_first + bulk_count) and their tiles
+// [offset[bulk_first], offset[bulk_first + bulk_count]), so a rank holds its rows only.
+// Rows of absent modalities are zero (omics) or NaN (clinical).
 typedef struct {
   int64_t n, g, c, t, s_slides; // N, G, C, T, number of slides
+  int64_t bulk_first, bulk_count, bulk_t0; // bulk rows held; bulk_t0 = offset[bulk_first]
   int n_cohorts, n_sites;
   ps_slides_kind slides;
   int tile_size;      // S (PS_SLIDES_TILES)
@@ -56,35 +61,36 @@ typedef struct {
   int32_t *cohort, *site;                     // (N) codes
   char (*cohort_names)[PS_DATA_NAME_LEN];     // (n_cohorts)
   char (*site_names)[PS_DATA_NAME_LEN];       // (n_sites)
-  float *omics;                               // (N, G)
+  float *omics;                               // (bulk_count, G)
   char (*genes)[PS_DATA_NAME_LEN];            // (G)
   uint8_t *omics_present;                     // (N)
-  float *clinical;                            // (N, C), NaN = missing value
+  float *clinical;                            // (bulk_count, C), NaN = missing value
   char (*clinical_names)[PS_DATA_NAME_LEN];   // (C)
   uint8_t *clinical_present;                  // (N)
-  uint8_t *tiles;                             // (T, S, S, 3) RGB
-  float *features;                            // (T, F)
+  uint8_t *tiles;                             // (bulk tiles, S, S, 3) RGB
+  float *features;                            // (bulk tiles, F)
   int64_t *offset;                            // (N+1) patient p owns [offset[p], offset[p+1])
-  int32_t *coords;                            // (T, 3) slide index, x, y at level 0
+  int32_t *coords;                            // (bulk tiles, 3) slide index, x, y at level 0
   char (*slide_files)[PS_DATA_NAME_LEN];      // (s_slides)
   int64_t *slide_dims;                        // (s_slides, 2) width, height at level 0
   double *slide_mpp;                          // (s_slides)
   double *log_hazard;                         // (N) or NULL (simulated data only)
 } ps_cohort_data;
 
-// Allocates every array for the given sizes (zeroed; clinical NaN-free zeros).
-ps_status ps_cohort_data_alloc(ps_cohort_data *d, int64_t n, int64_t g, int64_t c, ps_slides_kind slides, int64_t t,
+// Allocates the patient table, names, offsets and slide table (zeroed).
+ps_status ps_cohort_data_alloc(ps_cohort_data *d, int64_t n, int64_t g, int64_t c, ps_slides_kind slides,
                                int tile_size, int64_t feat_dim, int64_t s_slides, int n_cohorts, int n_sites,
                                bool truth);
+// After d->offset is final (sets d->t = offset[N]): allocates the bulk arrays for rows [first, first+count).
+ps_status ps_cohort_data_alloc_bulk(ps_cohort_data *d, int64_t first, int64_t count);
 void ps_cohort_data_free(ps_cohort_data *d);
 
 // ---- writer ---------------------------------------------------------------
-// Writes a whole cohort file. Collective: rank r writes patient rows
-// [first, first + count) of `d` (d holds ALL rows' patient table and
-// offsets on every rank; bulk arrays only need the rank's own rows, indexed
-// globally). Serial callers pass MPI_COMM_SELF, first = 0, count = N.
+// Writes a whole cohort file. Collective: each rank writes its bulk rows
+// (the ranks' [bulk_first, bulk_first + bulk_count) ranges tile [0, N));
+// rank 0 writes the patient table. Serial callers hold all rows and pass MPI_COMM_SELF.
 // The file is written to PATH.tmp and renamed, so a failure leaves nothing half-written.
-ps_status ps_data_write(const char *path, const ps_cohort_data *d, int64_t first, int64_t count, MPI_Comm comm);
+ps_status ps_data_write(const char *path, const ps_cohort_data *d, MPI_Comm comm);
 
 // ---- reader ---------------------------------------------------------------
 typedef struct {
@@ -282,8 +288,9 @@ typedef struct {
 } ps_sim_options;
 ps_sim_options ps_sim_defaults(void);
 
-// Simulated cohort in memory (every patient keyed by (seed, patient) only).
-// Rows [first, first+count) of the bulk arrays are filled; the patient table fully.
+// Simulated cohort in memory (every patient keyed by (seed, patient) only, so
+// the result does not depend on how rows are split across ranks). The patient
+// table is built for all N; bulk rows [first, first+count) are rendered.
 ps_status ps_sim_generate(ps_cohort_data *d, const ps_sim_options *o, int64_t first, int64_t count);
 // Variance of the true log-hazard explained by each modality's latent factors
 // (population values from the simulator's parameters; see docs/simulator.md).
