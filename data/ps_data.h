@@ -294,8 +294,10 @@ ps_sim_options ps_sim_defaults(void);
 ps_status ps_sim_generate(ps_cohort_data *d, const ps_sim_options *o, int64_t first, int64_t count);
 // Variance of the true log-hazard explained by each modality's latent factors
 // (population values from the simulator's parameters; see docs/simulator.md).
+// total = omics_only + slides_only + shared + clinical + cohort (independent terms);
+// omics sees omics_only + shared, slides see slides_only + shared.
 typedef struct {
-  double total, omics, clinical, slides, cohort;
+  double total, omics_only, slides_only, shared, clinical, cohort;
 } ps_sim_variance;
 ps_status ps_sim_variance_decomposition(const ps_sim_options *o, ps_sim_variance *v);
 

@@ -368,8 +368,9 @@ ps_status ps_sim_variance_decomposition(const ps_sim_options *o, ps_sim_variance
     double dlt = cohort_log_baseline(o, c) - mean;
     var += dlt * dlt / o->cohorts;
   }
-  v->omics = om + sh;
-  v->slides = sl + sh;
+  v->omics_only = om;
+  v->slides_only = sl;
+  v->shared = sh;
   v->clinical = cl;
   v->cohort = var;
   v->total = om + sl + sh + cl + var;

@@ -120,10 +120,9 @@ int ps_cmd_sim(int argc, char **argv) {
     printf("  events %lld (censoring %.3f, target %.3f); present: omics %lld, clinical %lld, slides %lld\n",
            (long long)ev, 1.0 - (double)ev / (double)d.n, o.censoring, (long long)pres[0], (long long)pres[1],
            (long long)pres[2]);
-    printf("  log-hazard variance: total %.3f = omics-only %.3f + slides-only %.3f + shared %.3f + clinical %.3f + "
-           "cohort baseline %.3f\n", v.total, v.omics - (v.omics + v.slides - (v.total - v.clinical - v.cohort)),
-           v.slides - (v.omics + v.slides - (v.total - v.clinical - v.cohort)),
-           v.omics + v.slides - (v.total - v.clinical - v.cohort), v.clinical, v.cohort);
+    printf("  log-hazard variance %.3f = omics-only %.3f + slides-only %.3f + shared (omics and slides) %.3f + "
+           "clinical %.3f + cohort baseline %.3f\n", v.total, v.omics_only, v.slides_only, v.shared, v.clinical,
+           v.cohort);
     printf("  oracle C-index (true log-hazard, Harrell): %.4f\n", oracle_cindex(&d));
     printf("  time: generate %.2f s, total %.2f s on %d rank(s)\n", t_gen, t_all, size);
   }

@@ -74,7 +74,8 @@ int main(int argc, char **argv) {
   }
   ps_sim_variance v;
   TU_OK(ps_sim_variance_decomposition(&o, &v));
-  TU_CHECK(v.omics > 0.3 && v.slides > 0.3 && v.clinical > 0.1 && v.total > v.omics + v.clinical, "variance split");
+  TU_CHECK(v.omics_only > 0.3 && v.slides_only > 0.3 && v.shared > 0.1 && v.clinical > 0.1 &&
+               fabs(v.total - (v.omics_only + v.slides_only + v.shared + v.clinical + v.cohort)) < 1e-12, "variance split");
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) remove(path);
   int fails = ps_tu_failures, all = 0;
