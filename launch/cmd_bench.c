@@ -5,6 +5,8 @@
 
 #include "ps_commands.h"
 
+int ps_bench_io(int argc, char **argv);
+
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -12,6 +14,7 @@ typedef struct {
 } bench_entry;
 
 static const bench_entry benches[] = {
+    {"io", ps_bench_io, "cohort-file read throughput vs sequential read, loader stall per step"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
