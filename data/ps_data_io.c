@@ -151,6 +151,11 @@ static ps_status write_rows(writer *w, const char *name, hid_t ftype, hid_t mtyp
     H5Sclose(space);
     PS_FAIL(PS_ERR_HDF5, "cannot create dataset %s", name);
   }
+  if (dims[0] == 0 || row_elems == 0) { // nothing to write (e.g. no genes); same decision on every rank
+    H5Sclose(space);
+    H5Dclose(dset);
+    return PS_OK;
+  }
   hsize_t start[4] = {0}, cnt[4];
   start[0] = (hsize_t)first;
   cnt[0] = (hsize_t)count;

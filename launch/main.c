@@ -9,6 +9,7 @@ static const ps_command commands[] = {
     {"bench", ps_cmd_bench, "benchmarks: gemm (more come with their modules)"},
     {"sim", ps_cmd_sim, "simulate a multimodal cohort with known ground truth"},
     {"check", ps_cmd_check, "validate a cohort file and summarize it"},
+    {"prep", ps_cmd_prep, "build a cohort file from clinical, RNA-seq and slide files"},
 };
 
 static void usage(FILE *f) {
