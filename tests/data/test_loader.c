@@ -236,8 +236,15 @@ static int run_file(const char *path, int k_tiles, ps_bag_mode bag) {
 }
 
 int main(int argc, char **argv) {
-  int provided;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // With MPI_THREAD_MULTIPLE (what comm's progress thread asks for) the prefetch thread reads through the
+  // MPI-IO handle; otherwise through its own POSIX handle. argv[1] == "multiple" selects the former.
+  int provided, want = argc > 1 && !strcmp(argv[1], "multiple") ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+  MPI_Init_thread(&argc, &argv, want, &provided);
+  if (provided < want) {
+    fprintf(stderr, "data_loader: MPI gives thread level %d < %d\n", provided, want);
+    MPI_Finalize();
+    return 1;
+  }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int pid = (int)getpid();
