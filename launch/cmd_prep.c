@@ -8,6 +8,73 @@
 #include "ps_mpi_session.h"
 #include "ps_prep.h"
 
+#include <yaml.h>
+
+// --columns FILE.yaml: a small mapping of column names, e.g.
+//   id: bcr_patient_barcode
+//   type: type
+//   endpoint: PFI
+//   numeric: [age_at_initial_pathologic_diagnosis]
+//   categorical: [gender, ajcc_pathologic_tumor_stage]
+// Strings are copied into `store` (kept alive by the caller). Returns 0 on success.
+static int read_columns_yaml(const char *path, ps_prep_options *o, char *store, size_t store_len, int *has_num,
+                             int *has_cat) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "pansurv prep: cannot open %s\n", path);
+    return 1;
+  }
+  yaml_parser_t p;
+  yaml_event_t e;
+  yaml_parser_initialize(&p);
+  yaml_parser_set_input_file(&p, f);
+  char key[64] = "";
+  int depth = 0, in_seq = 0, n_num = 0, n_cat = 0, rc = 0;
+  size_t used = 0;
+  for (int done = 0; !done && !rc;) {
+    if (!yaml_parser_parse(&p, &e)) {
+      fprintf(stderr, "pansurv prep: %s: YAML error at line %zu: %s\n", path, p.problem_mark.line + 1,
+              p.problem ? p.problem : "?");
+      rc = 1;
+      break;
+    }
+    if (e.type == YAML_STREAM_END_EVENT) done = 1;
+    else if (e.type == YAML_MAPPING_START_EVENT) depth++;
+    else if (e.type == YAML_SEQUENCE_START_EVENT) in_seq = 1;
+    else if (e.type == YAML_SEQUENCE_END_EVENT) in_seq = 0, key[0] = '\0';
+    else if (e.type == YAML_SCALAR_EVENT && depth == 1) {
+      const char *v = (const char *)e.data.scalar.value;
+      size_t n = e.data.scalar.length + 1;
+      if (!in_seq && !key[0]) {
+        snprintf(key, sizeof key, "%s", v);
+      } else if (used + n > store_len) {
+        fprintf(stderr, "pansurv prep: %s: too many names\n", path);
+        rc = 1;
+      } else {
+        char *copy = memcpy(store + used, v, n);
+        used += n;
+        if (!strcmp(key, "id")) o->id_col = copy;
+        else if (!strcmp(key, "type")) o->type_col = copy;
+        else if (!strcmp(key, "endpoint")) rc = ps_endpoint_parse(copy, &o->endpoint) != PS_OK;
+        else if (!strcmp(key, "numeric") && n_num < PS_PREP_MAX_COLS - 1) o->numeric[n_num++] = copy, *has_num = 1;
+        else if (!strcmp(key, "categorical") && n_cat < PS_PREP_MAX_COLS - 1)
+          o->categorical[n_cat++] = copy, *has_cat = 1;
+        else {
+          fprintf(stderr, "pansurv prep: %s: unknown key '%s' (id, type, endpoint, numeric, categorical)\n", path, key);
+          rc = 1;
+        }
+        if (rc == 1 && !strcmp(key, "endpoint")) fprintf(stderr, "pansurv prep: %s: %s\n", path, ps_error_message());
+        if (!in_seq) key[0] = '\0';
+      }
+    }
+    yaml_event_delete(&e);
+  }
+  o->numeric[n_num] = NULL, o->categorical[n_cat] = NULL;
+  yaml_parser_delete(&p);
+  fclose(f);
+  return rc;
+}
+
 static void prep_usage(FILE *f) {
   fprintf(f,
           "usage: pansurv prep --clinical FILE --out FILE [options]\n\n"
@@ -18,6 +85,7 @@ static void prep_usage(FILE *f) {
           "  --numeric A,B,...           numeric columns (default: age_at_initial_pathologic_diagnosis if present)\n"
           "  --categorical A,B,...       one-hot columns (default: gender,ajcc_pathologic_tumor_stage if present)\n"
           "  --type-onehot               add the cohort as one-hot clinical columns\n"
+          "  --columns FILE.yaml         the same choices as a mapping: id, type, endpoint, numeric, categorical\n"
           "RNA-seq:\n"
           "  --rnaseq FILE               matrix, genes x samples or samples x genes, gzip ok\n"
           "  --orientation auto|genes-rows|samples-rows\n"
@@ -53,7 +121,7 @@ static int has_header_col(const char *path, const char *name) {
 int ps_cmd_prep(int argc, char **argv) {
   ps_prep_options o;
   ps_prep_defaults(&o);
-  char *num = NULL, *cat = NULL;
+  char *num = NULL, *cat = NULL, *columns = NULL;
   int type_onehot = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -81,6 +149,7 @@ int ps_cmd_prep(int argc, char **argv) {
     else if (!strcmp(a, "--id-col")) o.id_col = v;
     else if (!strcmp(a, "--type-col")) o.type_col = v;
     else if (!strcmp(a, "--numeric")) num = v;
+    else if (!strcmp(a, "--columns")) columns = v;
     else if (!strcmp(a, "--categorical")) cat = v;
     else if (!strcmp(a, "--rnaseq")) o.rnaseq = v;
     else if (!strcmp(a, "--orientation")) {
@@ -117,11 +186,15 @@ int ps_cmd_prep(int argc, char **argv) {
     return 2;
   }
   o.type_onehot = type_onehot;
-  if (num) split_list(num, o.numeric, PS_PREP_MAX_COLS);
-  else if (has_header_col(o.clinical, "age_at_initial_pathologic_diagnosis"))
+  static char yaml_store[8192];
+  int yaml_num = 0, yaml_cat = 0;
+  if (columns && read_columns_yaml(columns, &o, yaml_store, sizeof yaml_store, &yaml_num, &yaml_cat)) return 2;
+  // column lists: --columns YAML, else the flags, else TCGA-CDR defaults present in the header
+  if (!yaml_num && num) split_list(num, o.numeric, PS_PREP_MAX_COLS);
+  else if (!yaml_num && has_header_col(o.clinical, "age_at_initial_pathologic_diagnosis"))
     o.numeric[0] = "age_at_initial_pathologic_diagnosis";
-  if (cat) split_list(cat, o.categorical, PS_PREP_MAX_COLS);
-  else {
+  if (!yaml_cat && cat) split_list(cat, o.categorical, PS_PREP_MAX_COLS);
+  else if (!yaml_cat) {
     int k = 0;
     if (has_header_col(o.clinical, "gender")) o.categorical[k++] = "gender";
     if (has_header_col(o.clinical, "ajcc_pathologic_tumor_stage")) o.categorical[k++] = "ajcc_pathologic_tumor_stage";

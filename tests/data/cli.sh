@@ -41,4 +41,14 @@ grep -q "3 patients" prep.log
 mpiexec -n 2 --oversubscribe "$bin" prep --clinical clinical.tsv --rnaseq counts.tsv --transform log2cpm \
              --slides slides/ --tile-size 32 --target-mpp 0.5 --max-tiles 512 --out cohort2.h5 > /dev/null
 h5diff cohort.h5 cohort2.h5 || { echo "prep on 2 ranks differs from 1 rank"; exit 1; }
+# the same column choices from a YAML mapping, with another endpoint and id column name
+sed 's/bcr_patient_barcode/patient/; s/\tOS\tOS.time/\tPFI\tPFI.time/' clinical.tsv > clin2.tsv
+printf 'id: patient\nendpoint: PFI\nnumeric: [age_at_initial_pathologic_diagnosis]\ncategorical: [gender]\n' > columns.yaml
+"$bin" prep --clinical clin2.tsv --columns columns.yaml --out cohort3.h5 | grep -q "3 patients (endpoint PFI)"
+"$bin" check cohort3.h5 | grep -q "clinical columns 3"
+printf 'id: patient\nbogus: 1\n' > bad.yaml
+set +e
+"$bin" prep --clinical clin2.tsv --columns bad.yaml --out x.h5 2>err.log; rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "unknown key 'bogus'" err.log || { echo "bad YAML key: rc $rc"; cat err.log; exit 1; }
 echo "data_cli: ok"
