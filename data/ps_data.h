@@ -146,6 +146,8 @@ typedef struct {
   int64_t *per_cohort; // (n_cohorts) patients
   int64_t *per_site;   // (n_sites) patients
   int64_t *per_cohort_events;
+  char (*cohort_names)[PS_DATA_NAME_LEN]; // (n_cohorts)
+  char (*site_names)[PS_DATA_NAME_LEN];   // (n_sites)
 } ps_data_summary;
 
 // Full validation of FILE: datasets, shapes, types and values. Collective;
