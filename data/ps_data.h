@@ -167,7 +167,7 @@ typedef struct {
 } ps_split;
 
 // k-fold stratified by cohort x event: fold `fold` is test, fold (fold+1)%k is
-// validation, the rest train. Deterministic from seed.
+// validation (none when k = 2), the rest train. Deterministic from seed.
 ps_status ps_split_kfold(ps_split *s, const ps_patients *p, int k, int fold, uint64_t seed);
 // Site-held-out: patients of the listed sites are test; a stratified
 // `val_fraction` of the remaining patients is validation.
@@ -210,6 +210,7 @@ void ps_norm_apply_clinical(const ps_norm *nm, float *x, int64_t n);
 typedef enum {
   PS_SAMPLER_UNIFORM = 0,   // seeded shuffle of the split each epoch
   PS_SAMPLER_STRATIFIED,    // each global batch: >= min_per_stratum patients of each cohort it draws
+                            // (a cohort with fewer in the whole part comes as one group); sizes vary <= B
   PS_SAMPLER_EVENT_BALANCED,// each global batch: >= min_events events (when the split has them)
   PS_SAMPLER_SEQUENTIAL,    // split order, no shuffle (evaluation)
   PS_SAMPLER_COUNT
@@ -228,7 +229,7 @@ typedef struct {
   int min_per_stratum;    // PS_SAMPLER_STRATIFIED
   int min_events;         // PS_SAMPLER_EVENT_BALANCED
   bool augment;           // flips, 90-degree rotations, brightness/contrast/hue jitter
-  bool drop_last;         // drop a final partial global batch
+  bool drop_last;         // drop a final partial global batch (uniform, sequential, event_balanced)
   bool prefetch;          // background thread, double buffered
   uint64_t seed;
 } ps_loader_options;
