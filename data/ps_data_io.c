@@ -140,6 +140,7 @@ static ps_status write_rows(writer *w, const char *name, hid_t ftype, hid_t mtyp
     chunk[0] = chunk_rows < dims[0] ? chunk_rows : dims[0];
     for (int i = 1; i < ndim; i++) chunk[i] = dims[i];
     H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl); // every chunk carries a checksum that HDF5 verifies on read
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
   }
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -644,8 +645,9 @@ ps_status ps_h5_read_rows(hid_t dset, hid_t dxpl, hid_t memtype, const int64_t *
     H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
     hid_t ms = H5Screate_simple(rank, cnt, NULL);
     if (H5Dread(dset, memtype, ms, fs, dxpl, o + (size_t)i * (size_t)row_elems * esz) < 0)
-      st = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "cannot read %s rows [%lld, %lld)", name,
-                        (long long)rows[i], (long long)rows[j - 1] + 1);
+      st = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "cannot read %s rows [%lld, %lld): a chunk failed its "
+                        "Fletcher-32 checksum (corrupt file) or the read failed", name, (long long)rows[i],
+                        (long long)rows[j - 1] + 1);
     H5Sclose(ms);
     i = j;
   }
