@@ -5,15 +5,17 @@
 
 #include "ps_commands.h"
 
-int ps_bench_io(int argc, char **argv);
-
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
   const char *summary;
 } bench_entry;
 
+int ps_bench_gemm(int argc, char **argv); // launch/bench_gemm.c
+int ps_bench_io(int argc, char **argv);   // launch/bench_io.c
+
 static const bench_entry benches[] = {
+    {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
     {"io", ps_bench_io, "cohort-file read throughput vs sequential read, loader stall per step"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
