@@ -112,8 +112,7 @@ static ps_status plan_epoch(ps_loader *l, int64_t epoch) {
     ps_rng rc = ps_rng_make(l->o.seed, ps_rng_stream(PS_RNG_SHUFFLE, (uint64_t)epoch, 2, 0));
     shuffle(tmp, ne, &re, ord);
     shuffle(tmp + ne, nc, &rc, ord);
-    nb = l->o.drop_last ? n / B : (n + B - 1) / B;
-    if (nb == 0) nb = 1;
+    nb = l->o.drop_last ? n / B : (n + B - 1) / B; // drop_last with n < B: no batch at all
     int64_t used = l->o.drop_last ? nb * B : n, ie = 0, ic = 0, pos = 0;
     for (int64_t b = 0; b < nb; b++) {
       int64_t size = (b + 1) * used / nb - b * used / nb;
