@@ -267,6 +267,9 @@ void ps_loader_destroy(ps_loader *l);
 int64_t ps_loader_steps_per_epoch(const ps_loader *l);
 // Starts an epoch (the order comes from (seed, epoch) only).
 ps_status ps_loader_begin_epoch(ps_loader *l, int64_t epoch);
+// Starts an epoch at step `step` (resuming from a mid-epoch checkpoint): the batches that follow are
+// exactly those an uninterrupted epoch would give from that step on.
+ps_status ps_loader_begin_epoch_at(ps_loader *l, int64_t epoch, int64_t step);
 // Next batch of the epoch, *out = NULL at the end. Not collective: reads are independent.
 ps_status ps_loader_next(ps_loader *l, const ps_batch **out);
 // Waits for an in-flight prefetch (call before other HDF5 use).
