@@ -152,8 +152,10 @@ typedef struct {
 
 // Full validation of FILE: datasets, shapes, types and values. Collective;
 // each rank checks a slice of the bulk arrays. On failure the message names
-// the dataset and the first offending patient ids; status is PS_ERR_FORMAT
-// (structure) or PS_ERR_DATA (values). summary may be NULL.
+// the dataset and the first offending patient ids; status is PS_ERR_IO (cannot
+// open), PS_ERR_FORMAT (not HDF5, wrong pansurv_format, missing dataset, wrong
+// type or shape), PS_ERR_DATA (values) or PS_ERR_HDF5 (a read failed, e.g. a
+// chunk checksum). summary may be NULL (else free with ps_data_summary_free).
 ps_status ps_data_validate(const char *path, MPI_Comm comm, ps_data_summary *summary);
 void ps_data_summary_free(ps_data_summary *s);
 
@@ -202,7 +204,7 @@ void ps_norm_free(ps_norm *nm);
 size_t ps_norm_serialized_size(const ps_norm *nm);
 ps_status ps_norm_serialize(const ps_norm *nm, void *buf, size_t len);
 ps_status ps_norm_deserialize(ps_norm *nm, const void *buf, size_t len);
-// In place on rows of raw values: omics (n, G) -> (n, Gs) in `out`; clinical (n, C).
+// Applies the statistics: omics raw (n, G) -> out (n, Gs); clinical (n, C) in place (NaN -> 0).
 void ps_norm_apply_omics(const ps_norm *nm, const float *raw, int64_t n, float *out);
 void ps_norm_apply_clinical(const ps_norm *nm, float *x, int64_t n);
 
