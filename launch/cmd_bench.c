@@ -5,6 +5,8 @@
 
 #include "ps_commands.h"
 
+int ps_bench_model(int argc, char **argv);
+
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -12,6 +14,7 @@ typedef struct {
 } bench_entry;
 
 static const bench_entry benches[] = {
+    {"model", ps_bench_model, "one training step of the reference model: patients/s, per-module GFLOP/s"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
