@@ -89,9 +89,9 @@ static int parse_config(const char *path, ps_model_config *c, int *batch, int *s
     if (sscanf(line, " %127[^: ] : %255[^\n]", key, val) != 2) continue;
     long long v = atoll(val);
     double d = atof(val);
-    if (!strcmp(key, "use_omics")) c->use[PS_MOD_OMICS] = v;
-    else if (!strcmp(key, "use_slide")) c->use[PS_MOD_SLIDE] = v;
-    else if (!strcmp(key, "use_clinical")) c->use[PS_MOD_CLINICAL] = v;
+    if (!strcmp(key, "use_omics")) c->use[PS_NN_OMICS] = v;
+    else if (!strcmp(key, "use_slide")) c->use[PS_NN_SLIDE] = v;
+    else if (!strcmp(key, "use_clinical")) c->use[PS_NN_CLINICAL] = v;
     else if (!strcmp(key, "d")) c->d = v;
     else if (!strcmp(key, "genes")) c->genes = v;
     else if (!strcmp(key, "ae_hidden")) c->ae_hidden = v;
@@ -212,7 +212,7 @@ int ps_bench_model(int argc, char **argv) {
     displs[q] = q * (gbatch / size) + (q < gbatch % size ? q : gbatch % size);
   }
   ps_model_batch in = {lb, pid, omics, ones, clin, ones, cfg.slide_mode == PS_SLIDE_TILES ? tiles : NULL,
-                       cfg.slide_mode == PS_SLIDE_FEATURES ? tiles : NULL, tc};
+                       cfg.slide_mode == PS_SLIDE_FEATURES ? tiles : NULL, tc, 0};
   double step_t[BENCH_MAX_STEPS], opt_t[BENCH_MAX_STEPS], comm_t[BENCH_MAX_STEPS], loss_t[BENCH_MAX_STEPS];
   double mod_t[PS_MT_COUNT][BENCH_MAX_STEPS], flops[PS_MT_COUNT] = {0};
   double gemm0 = sgemm_gflops(), last_loss = 0;

@@ -24,14 +24,15 @@
 #include "ps_param.h"
 #include "ps_status.h"
 
-typedef enum { PS_MOD_OMICS = 0, PS_MOD_SLIDE, PS_MOD_CLINICAL, PS_MOD_COUNT } ps_modality;
-const char *ps_modality_name(ps_modality m);
+// Same order as data/'s ps_modality (omics, clinical, slides); tokens follow this order.
+typedef enum { PS_NN_OMICS = 0, PS_NN_CLINICAL, PS_NN_SLIDE, PS_NN_MODALITY_COUNT } ps_nn_modality;
+const char *ps_nn_modality_name(ps_nn_modality m);
 
 typedef enum { PS_SLIDE_TILES = 0, PS_SLIDE_FEATURES, PS_SLIDE_MODE_COUNT } ps_slide_mode;
 const char *ps_slide_mode_name(ps_slide_mode m);
 
 typedef struct {
-  bool use[PS_MOD_COUNT]; // which modalities are enabled
+  bool use[PS_NN_MODALITY_COUNT]; // which modalities are enabled
   int64_t d;              // D model width (128)
   // omics autoencoder
   int64_t genes;       // G
@@ -73,6 +74,9 @@ typedef struct {
   const float *tiles;              // (B, K, 3, S, S) tiles mode
   const float *features;           // (B, K, F) features mode
   const int32_t *tile_count;       // (B) valid tiles per bag, 0 = no slide; first tile_count[b] are valid
+  // Flags of patient b are *_present[b * present_stride]; 0 means 1 (contiguous). data/'s loader
+  // keeps (B, modalities) interleaved: pass present + its modality index and stride = modality count.
+  int64_t present_stride;
 } ps_model_batch;
 
 // Per-module timers (seconds, forward/backward) and FLOP counts of the last step.

@@ -36,7 +36,7 @@ int main(void) {
   int64_t pid[B] = {1, 2, 3, 4};
   uint8_t op[B] = {1, 0, 1, 1}, cp[B] = {1, 1, 0, 1};
   int32_t tc[B] = {3, 1, 2, 0};
-  ps_model_batch in = {B, pid, omics, op, clin, cp, tiles, NULL, tc};
+  ps_model_batch in = {B, pid, omics, op, clin, cp, tiles, NULL, tc, 0};
   float eta_a[B], eta_b[B], deta[B] = {0.1f, -0.2f, 0.3f, 0.05f};
   double rec;
   // A training step so that BN running statistics and the optimizer state are non-trivial.
@@ -102,7 +102,7 @@ int main(void) {
   ps_model_destroy(c3);
   // A model without clinical: the file's extra entries are named.
   cfg3 = cfg;
-  cfg3.use[PS_MOD_CLINICAL] = false;
+  cfg3.use[PS_NN_CLINICAL] = false;
   TU_OK(ps_model_create(&c3, &cfg3));
   s = ps_checkpoint_read(path, c3, NULL, NULL);
   printf("  extra-entries message: %s\n", ps_error_message());

@@ -91,7 +91,7 @@ static int run(ps_slide_mode mode, uint64_t seed) {
   uint8_t op[B] = {1, 0, 1, 0, 0}, cp[B] = {1, 1, 1, 1, 0};
   int32_t tc[B] = {3, 2, 0, 0, 1};
   ctx_t c = {m, {B, pid, omics, op, clin, cp, mode == PS_SLIDE_TILES ? tiles : NULL,
-                 mode == PS_SLIDE_FEATURES ? tiles : NULL, tc}, {0}, 0.7f};
+                 mode == PS_SLIDE_FEATURES ? tiles : NULL, tc, 0}, {0}, 0.7f};
   ps_tu_fill_uniform(c.r, B, -1, 1, seed, 4);
   ps_param_table *pt = ps_model_params(m);
   // Keep BN away from the degenerate case: scale up its affine parameters a bit.
@@ -130,7 +130,7 @@ static int run(ps_slide_mode mode, uint64_t seed) {
     TU_CHECK(fabs(s - 1) < 1e-5, "modality attention of patient %d sums to %g", b, s);
   }
   TU_CHECK(ma[1 * M + 0] == 0.0f, "missing omics of patient 1 got attention %g", ma[1 * M + 0]);
-  TU_CHECK(ma[2 * M + 1] == 0.0f, "missing slide of patient 2 got attention %g", ma[2 * M + 1]);
+  TU_CHECK(ma[2 * M + 2] == 0.0f, "missing slide of patient 2 got attention %g", ma[2 * M + 2]);
   // A patient with nothing present is a data error naming the patient, not a NaN.
   uint8_t cp2[B] = {1, 1, 1, 0, 0};
   c.in.clinical_present = cp2;

@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
   TU_OK(ps_model_create(&full, &cfg));
   TU_OK(ps_model_plan(full, B));
   ps_model_set_recon_norm(full, norm);
-  ps_model_batch fin = {B, pid, omics, op, clin, cp, tiles, NULL, tc};
+  ps_model_batch fin = {B, pid, omics, op, clin, cp, tiles, NULL, tc, 0};
   float eta_full[B], eta[B];
   double rec;
   ps_param_zero_grad(ps_model_params(full));
@@ -59,8 +59,11 @@ int main(int argc, char **argv) {
   TU_OK(ps_model_plan(part, n));
   ps_model_set_reducer(part, (ps_nn_reducer){mpi_sum, NULL});
   ps_model_set_recon_norm(part, norm);
-  ps_model_batch pin = {n, pid + lo, omics + lo * G, op + lo, clin + lo * C, cp + lo, tiles + (int64_t)lo * K * TS, NULL,
-                        tc + lo};
+  // Flags interleaved (B, 2) as data/'s loader keeps them: exercises present_stride.
+  uint8_t flags[B * 2];
+  for (int b = 0; b < B; b++) flags[2 * b] = op[b], flags[2 * b + 1] = cp[b];
+  ps_model_batch pin = {n, pid + lo, omics + lo * G, flags + 2 * lo, clin + lo * C, flags + 2 * lo + 1,
+                        tiles + (int64_t)lo * K * TS, NULL, tc + lo, 2};
   ps_param_table *pt = ps_model_params(part), *ft = ps_model_params(full);
   ps_param_zero_grad(pt);
   TU_OK(ps_model_forward(part, eta, &rec, &pin, true, 3));
