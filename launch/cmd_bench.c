@@ -13,8 +13,11 @@ typedef struct {
   const char *summary;
 } bench_entry;
 
+int ps_bench_survival(int argc, char **argv); // bench_survival.c
+
 static const bench_entry benches[] = {
     {"model", ps_bench_model, "one training step of the reference model: patients/s, per-module GFLOP/s"},
+    {"survival", ps_bench_survival, "Harrell C and Cox loss+grad for n = 1e4..1e6 (optional Python peers)"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
