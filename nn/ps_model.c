@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_comm.h"
 #include "ps_rng.h"
 
 static const char *const modality_names[] = {"omics", "clinical", "slide"};
@@ -284,6 +285,11 @@ const ps_model_config *ps_model_config_of(const ps_model *m) { return &m->cfg; }
 ps_param_table *ps_model_params(ps_model *m) { return &m->params; }
 ps_param_table *ps_model_buffers(ps_model *m) { return &m->buffers; }
 void ps_model_set_reducer(ps_model *m, ps_nn_reducer r) { m->reducer = r; }
+
+static ps_status comm_sum_f64(void *ctx, double *buf, int64_t n) {
+  return ps_comm_allreduce((ps_comm *)ctx, PS_IN_PLACE, buf, n, PS_F64, PS_OP_SUM);
+}
+ps_nn_reducer ps_nn_reducer_comm(ps_comm *c) { return (ps_nn_reducer){c && ps_comm_size(c) > 1 ? comm_sum_f64 : NULL, c}; }
 void ps_model_set_recon_norm(ps_model *m, double norm) {
   m->recon_norm = norm;
   m->recon_norm_set = norm > 0;

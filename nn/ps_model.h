@@ -103,6 +103,10 @@ ps_param_table *ps_model_params(ps_model *m);  // trainable (with gradient arena
 ps_param_table *ps_model_buffers(ps_model *m); // BatchNorm running statistics
 // SyncBN: statistics are summed through this reducer (NULL fn: single rank).
 void ps_model_set_reducer(ps_model *m, ps_nn_reducer r);
+// The reducer over a ps_comm (all-reduce of doubles, sum). Every rank of c must run the
+// same forward/backward sequence (a rank without tiles still calls it).
+typedef struct ps_comm ps_comm;
+ps_nn_reducer ps_nn_reducer_comm(ps_comm *c);
 // Plans the activation arena for up to max_b patients with bags of up to cfg.max_tiles. Once.
 ps_status ps_model_plan(ps_model *m, int64_t max_b);
 size_t ps_model_activation_bytes(const ps_model *m);

@@ -8,20 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_comm.h"
 #include "ps_model.h"
 #include "testutil.h"
 
 enum { B = 5, K = 3, G = 10, C = 4, TS = 3 * 8 * 8 };
 
-static ps_status mpi_sum(void *ctx, double *buf, int64_t n) {
-  (void)ctx;
-  if (MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
-    PS_FAIL(PS_ERR_MPI, "allreduce failed");
-  return PS_OK;
-}
-
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
+  ps_comm *comm;
+  ps_comm_options copt = {PS_COMM_MPI, PS_CPU, 1};
+  TU_OK(ps_comm_init(&comm, &argc, &argv, &copt));
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -57,7 +53,7 @@ int main(int argc, char **argv) {
   int n = hi - lo;
   TU_OK(ps_model_create(&part, &cfg));
   TU_OK(ps_model_plan(part, n));
-  ps_model_set_reducer(part, (ps_nn_reducer){mpi_sum, NULL});
+  ps_model_set_reducer(part, ps_nn_reducer_comm(comm)); // SyncBN through ps_comm
   ps_model_set_recon_norm(part, norm);
   // Flags interleaved (B, 2) as data/'s loader keeps them: exercises present_stride.
   uint8_t flags[B * 2];
@@ -86,6 +82,6 @@ int main(int argc, char **argv) {
   MPI_Allreduce(&fails, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   ps_tu_failures = all;
   int rc = ps_tu_finish("nn_syncbn");
-  MPI_Finalize();
+  ps_comm_finalize(comm);
   return rc;
 }
