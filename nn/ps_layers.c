@@ -483,27 +483,25 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2, wsz = oc * c * 9;
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
-  // 1. gz = unpool(dpool) * relu'(.), and the local BN sums.
+  // 1. Local BN sums of dy = unpool(dpool) * relu'(.): only the pooled winners carry gradient,
+  //    so nothing of size (N, OC, H, W) is written here.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     double *st = s->stats + omp_get_thread_num() * (2 * oc + 1);
     for (int64_t j = 0; j < oc; j++) {
       float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc;
       const float *zz = z + (i * oc + j) * hw;
-      float *g = gz + (i * oc + j) * hw;
       const float *dp = dpool + (i * oc + j) * oh * ow;
       const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      memset(g, 0, (size_t)hw * sizeof(float));
       double sdy = 0, sdx = 0;
       for (int64_t oy = 0; oy < oh; oy++)
         for (int64_t ox = 0; ox < ow; ox++) {
           int bi = am[oy * ow + ox];
-          int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-          if (zz[pos] * sc + sh > 0.0f) {
+          float zv = zz[(2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1)];
+          if (zv * sc + sh > 0.0f) {
             float gv = dp[oy * ow + ox];
-            g[pos] = gv;
             sdy += gv;
-            sdx += (double)gv * ((zz[pos] - mean[j]) * rstd[j]);
+            sdx += (double)gv * ((zv - mean[j]) * rstd[j]);
           }
         }
       st[j] += sdy;
@@ -520,20 +518,31 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   if (o->training && o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats, 2 * oc + 1));
   const double cnt = s->stats[2 * oc];
   const double *stats = s->stats;
-  // 2. per tile: dz = BN backward (in place), then the conv GEMMs.
+  // 2. Per tile, in a cache-resident per-thread buffer: dz = BN backward of the unpooled,
+  //    ReLU-masked gradient, then the conv GEMMs.
   memset(s->dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     int t = omp_get_thread_num();
+    float *gt = gz + t * oc * hw;
     for (int64_t j = 0; j < oc; j++) {
-      float g = gamma[j] * rstd[j];
+      float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
       float a = o->training ? (float)(stats[j] / cnt) : 0.0f, bq = o->training ? (float)(stats[oc + j] / cnt) : 0.0f;
       const float *zz = z + (i * oc + j) * hw;
-      float *gg = gz + (i * oc + j) * hw;
-      for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mean[j]) * rstd[j] * bq);
+      const float *dp = dpool + (i * oc + j) * oh * ow;
+      const uint8_t *am = argmax + (i * oc + j) * oh * ow;
+      float *gg = gt + j * hw;
+      memset(gg, 0, (size_t)hw * sizeof(float));
+      for (int64_t q = 0; q < oh * ow; q++) {
+        int bi = am[q];
+        int64_t pos = (2 * (q / ow) + (bi >> 1)) * wd + 2 * (q % ow) + (bi & 1);
+        if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[q];
+      }
+      float mj = mean[j], rj = rstd[j];
+      for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mj) * rj * bq);
     }
-    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gz + i * oc * hw, in + i * c * hw, w,
-                         c, oc, h, wd, 3, s->col + t * colsz);
+    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gt, in + i * c * hw, w, c, oc, h, wd,
+                         3, s->col + t * colsz);
   }
   reduce_thread_buffers(dw, s->dw_scratch, wsz, nth);
   return PS_OK;

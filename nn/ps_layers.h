@@ -107,7 +107,8 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
-// dpool (N, OC, H/2, W/2) in; gz (N, OC, H, W) scratch; din (N, C, H, W) accumulated when non-NULL.
+// dpool (N, OC, H/2, W/2) in; gz: per-thread scratch of threads * OC*H*W floats; din (N, C, H, W)
+// accumulated when non-NULL.
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
                                    const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
                                    const float *in, const float *w, const float *gamma, const float *beta,

@@ -371,7 +371,7 @@ static void plan_pass(ps_model *m, planner *p) {
         cin = oc;
         h /= 2;
       }
-      m->s_gz = TAKE_F(p, NT * maxz);
+      m->s_gz = TAKE_F(p, nth * maxz); // per-thread dz of one tile
       m->s_gpa = TAKE_F(p, NT * maxp);
       m->s_gpb = TAKE_F(p, NT * maxp);
       m->s_scr.col = TAKE_F(p, nth * maxcol);

@@ -220,7 +220,7 @@ static void test_convblock(bool training) {
             {zeros(omp_get_max_threads() * ps_nn_conv_col_floats(2, 6, 6, 3)), zeros(omp_get_max_threads() * nw),
              calloc((size_t)omp_get_max_threads() * 9, sizeof(double))}};
   float *out = zeros(no), *r = rnd(no, -1, 1, 27), *dx = zeros(nx), *dw = zeros(nw), *dg = zeros(4), *db = zeros(4);
-  float *gz = zeros(nz);
+  float *gz = zeros(omp_get_max_threads() * 4 * 36); // per-thread dz of one tile
   cb_f(&c, out);
   TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, gz, r, c.am, c.z, c.mean, c.rstd, c.x, c.w, c.g, c.b, &d, &c.o,
                                    &c.s));
