@@ -231,7 +231,10 @@ ps_status ps_nn_bn_finish_stats(float *mean, float *rstd, float *running_mean, f
   }
   if (o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, stats, 2 * c + 1));
   double cnt = stats[2 * c];
-  if (!(cnt > 0)) PS_FAIL(PS_ERR_DATA, "batchnorm: no element in the (global) batch to normalize over");
+  if (!(cnt > 0)) { // no element anywhere (e.g. no patient of the global batch has a slide): nothing to normalize
+    for (int64_t j = 0; j < c; j++) mean[j] = 0.0f, rstd[j] = 1.0f;
+    return PS_OK;
+  }
   for (int64_t j = 0; j < c; j++) {
     double m = stats[j] / cnt, var = stats[c + j] / cnt - m * m;
     if (var < 0) var = 0;
@@ -516,7 +519,7 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
     dbeta[j] += (float)s->stats[j];
   }
   if (o->training && o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats, 2 * oc + 1));
-  const double cnt = s->stats[2 * oc];
+  const double cnt = s->stats[2 * oc] > 0 ? s->stats[2 * oc] : 1.0; // 0 only when there is no tile at all
   const double *stats = s->stats;
   // 2. Per tile, in a cache-resident per-thread buffer: dz = BN backward of the unpooled,
   //    ReLU-masked gradient, then the conv GEMMs.

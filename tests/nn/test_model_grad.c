@@ -70,6 +70,12 @@ static double kink_tolerant_check(const char *name, float *x, const float *an, i
   return rel;
 }
 
+static double ps_optim_grad_norm_ref(const float *g, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+  return sqrt(s);
+}
+
 static int run(ps_slide_mode mode, uint64_t seed) {
   ps_model_config cfg;
   ps_model_config_default(&cfg);
@@ -131,6 +137,18 @@ static int run(ps_slide_mode mode, uint64_t seed) {
   }
   TU_CHECK(ma[1 * M + 0] == 0.0f, "missing omics of patient 1 got attention %g", ma[1 * M + 0]);
   TU_CHECK(ma[2 * M + 2] == 0.0f, "missing slide of patient 2 got attention %g", ma[2 * M + 2]);
+  // A batch where no patient has a slide (SyncBN sees zero elements): finite, slide attention 0.
+  {
+    int32_t none[B] = {0, 0, 0, 0, 0};
+    uint8_t all[B] = {1, 1, 1, 1, 1};
+    ps_model_batch nb = c.in;
+    nb.tile_count = none, nb.clinical_present = all;
+    TU_OK(ps_model_forward(m, eta, &rec, &nb, true, 8));
+    for (int b = 0; b < B; b++) TU_CHECK(isfinite(eta[b]), "no-slide batch: eta[%d] = %g", b, eta[b]);
+    ps_param_zero_grad(pt);
+    TU_OK(ps_model_backward(m, c.r, c.lambda, NULL, NULL));
+    TU_CHECK(isfinite(ps_optim_grad_norm_ref(pt->grad, pt->total)), "no-slide batch: gradient not finite");
+  }
   // A patient with nothing present is a data error naming the patient, not a NaN.
   uint8_t cp2[B] = {1, 1, 1, 0, 0};
   c.in.clinical_present = cp2;
