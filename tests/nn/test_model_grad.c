@@ -163,6 +163,19 @@ static int run(ps_slide_mode mode, uint64_t seed) {
 
 int main(void) {
   uint64_t seed = ps_tu_seed("nn_model_grad", 42);
+  // Bad configurations are configuration errors with a message, and create nothing.
+  ps_model_config bad;
+  ps_model *bm = NULL;
+  ps_model_config_default(&bad);
+  bad.heads = 3; // 128 % 3 != 0
+  TU_CHECK(ps_model_create(&bm, &bad) == PS_ERR_CONFIG && !bm && strstr(ps_error_message(), "heads=3"), "heads: %s",
+           ps_error_message());
+  ps_model_config_default(&bad);
+  bad.cnn_ch[2] = 64; // must equal d
+  TU_CHECK(ps_model_create(&bm, &bad) == PS_ERR_CONFIG && !bm, "cnn width: %s", ps_error_message());
+  ps_model_config_default(&bad);
+  bad.use[PS_NN_OMICS] = bad.use[PS_NN_SLIDE] = bad.use[PS_NN_CLINICAL] = false;
+  TU_CHECK(ps_model_create(&bm, &bad) == PS_ERR_CONFIG && !bm, "no modality: %s", ps_error_message());
   if (run(PS_SLIDE_TILES, seed)) return 1;
   if (run(PS_SLIDE_FEATURES, seed + 1)) return 1;
   return ps_tu_finish("nn_model_grad");
