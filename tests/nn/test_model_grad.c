@@ -176,6 +176,38 @@ int main(void) {
   ps_model_config_default(&bad);
   bad.use[PS_NN_OMICS] = bad.use[PS_NN_SLIDE] = bad.use[PS_NN_CLINICAL] = false;
   TU_CHECK(ps_model_create(&bm, &bad) == PS_ERR_CONFIG && !bm, "no modality: %s", ps_error_message());
+  // Unimodal baselines: each single modality trains on patients that have it; a patient
+  // without it is the data error.
+  for (int mod = 0; mod < PS_NN_MODALITY_COUNT; mod++) {
+    ps_model_config u;
+    ps_model_config_default(&u);
+    u.d = 8, u.genes = 10, u.ae_hidden = 8, u.tile_size = 8, u.max_tiles = K, u.cnn_ch[0] = 4, u.cnn_ch[1] = 6;
+    u.cnn_ch[2] = 8, u.attn_hidden = 5, u.clinical = 4, u.clinical_hidden = 6, u.heads = 2, u.ff_hidden = 12;
+    for (int q = 0; q < PS_NN_MODALITY_COUNT; q++) u.use[q] = q == mod;
+    ps_model *um;
+    TU_OK(ps_model_create(&um, &u));
+    TU_OK(ps_model_plan(um, 2));
+    static float om[2 * 10], cl[2 * 4], ti[2 * K * 192];
+    ps_tu_fill_uniform(om, 20, -1, 1, seed, 11);
+    ps_tu_fill_uniform(cl, 8, -1, 1, seed, 12);
+    ps_tu_fill_uniform(ti, 2 * K * 192, 0, 1, seed, 13);
+    int64_t id[2] = {5, 6};
+    uint8_t yes[2] = {1, 1}, half[2] = {1, 0};
+    int32_t tcs[2] = {2, 1}, tch[2] = {2, 0};
+    ps_model_batch ub = {2, id, om, yes, cl, yes, ti, NULL, tcs, 0};
+    float e2[2], de[2] = {1, -1};
+    double r2;
+    TU_OK(ps_model_forward(um, e2, &r2, &ub, true, 1));
+    TU_CHECK(isfinite(e2[0]) && isfinite(e2[1]) && ps_model_tokens(um) == 1, "unimodal %s", ps_nn_modality_name(mod));
+    TU_OK(ps_model_backward(um, de, 0.1f, NULL, NULL));
+    if (mod == PS_NN_OMICS) ub.omics_present = half;
+    if (mod == PS_NN_CLINICAL) ub.clinical_present = half;
+    if (mod == PS_NN_SLIDE) ub.tile_count = tch;
+    ps_status st = ps_model_forward(um, e2, &r2, &ub, true, 1);
+    TU_CHECK(st == PS_ERR_DATA && strstr(ps_error_message(), "patient 6 "), "unimodal %s without it: %s",
+             ps_nn_modality_name(mod), ps_error_message());
+    ps_model_destroy(um);
+  }
   if (run(PS_SLIDE_TILES, seed)) return 1;
   if (run(PS_SLIDE_FEATURES, seed + 1)) return 1;
   return ps_tu_finish("nn_model_grad");
