@@ -536,11 +536,12 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
       const uint8_t *am = argmax + (i * oc + j) * oh * ow;
       float *gg = gt + j * hw;
       memset(gg, 0, (size_t)hw * sizeof(float));
-      for (int64_t q = 0; q < oh * ow; q++) {
-        int bi = am[q];
-        int64_t pos = (2 * (q / ow) + (bi >> 1)) * wd + 2 * (q % ow) + (bi & 1);
-        if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[q];
-      }
+      for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t ox = 0; ox < ow; ox++) {
+          int bi = am[oy * ow + ox];
+          int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
+          if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[oy * ow + ox];
+        }
       float mj = mean[j], rj = rstd[j];
       for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mj) * rj * bq);
     }
