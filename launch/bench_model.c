@@ -83,7 +83,8 @@ static int parse_config(const char *path, ps_model_config *c, int *batch, int *s
     else if (!strcmp(key, "cnn_channels")) {
       long long a, b, cc;
       if (sscanf(val, " [ %lld , %lld , %lld ]", &a, &b, &cc) == 3) c->cnn_ch[0] = a, c->cnn_ch[1] = b, c->cnn_ch[2] = cc;
-    } else if (!strcmp(key, "feat_dim")) c->feat_dim = v;
+    } else if (!strcmp(key, "cnn_norm_groups")) c->cnn_norm_groups = (int)v;
+    else if (!strcmp(key, "feat_dim")) c->feat_dim = v;
     else if (!strcmp(key, "attn_hidden")) c->attn_hidden = v;
     else if (!strcmp(key, "clinical")) c->clinical = v;
     else if (!strcmp(key, "clinical_hidden")) c->clinical_hidden = v;

@@ -52,13 +52,13 @@ int ps_model_config_text(const ps_model_config *c, char *buf, size_t len) {
   return snprintf(buf, len,
                   "use_omics: %d\nuse_slide: %d\nuse_clinical: %d\nd: %lld\ngenes: %lld\nae_hidden: %lld\n"
                   "ae_dropout: %g\nae_input_noise: %g\nslide_mode: %s\ntile_size: %lld\nmax_tiles: %lld\n"
-                  "cnn_channels: [%lld, %lld, %lld]\nfeat_dim: %lld\nattn_hidden: %lld\nclinical: %lld\n"
+                  "cnn_channels: [%lld, %lld, %lld]\ncnn_norm_groups: %d\nfeat_dim: %lld\nattn_hidden: %lld\nclinical: %lld\n"
                   "clinical_hidden: %lld\nfusion_layers: %d\nheads: %d\nff_hidden: %lld\nbn_momentum: %g\n"
                   "bn_eps: %g\nseed: %llu\n",
                   c->use[PS_NN_OMICS], c->use[PS_NN_SLIDE], c->use[PS_NN_CLINICAL], (long long)c->d, (long long)c->genes, (long long)c->ae_hidden,
                   c->ae_dropout, c->ae_input_noise, ps_slide_mode_name(c->slide_mode), (long long)c->tile_size,
                   (long long)c->max_tiles, (long long)c->cnn_ch[0], (long long)c->cnn_ch[1], (long long)c->cnn_ch[2],
-                  (long long)c->feat_dim, (long long)c->attn_hidden, (long long)c->clinical,
+                  c->cnn_norm_groups, (long long)c->feat_dim, (long long)c->attn_hidden, (long long)c->clinical,
                   (long long)c->clinical_hidden, c->fusion_layers, c->heads, (long long)c->ff_hidden, c->bn_momentum,
                   c->bn_eps, (unsigned long long)c->seed);
 }
@@ -163,8 +163,12 @@ static ps_status validate_config(const ps_model_config *c) {
       if (c->cnn_ch[2] != c->d)
         PS_FAIL(PS_ERR_CONFIG, "model: last CNN width %lld must equal d=%lld (global avg pool gives the tile embedding)",
                 (long long)c->cnn_ch[2], (long long)c->d);
-      for (int i = 0; i < 3; i++)
+      for (int i = 0; i < 3; i++) {
         if (c->cnn_ch[i] <= 0) PS_FAIL(PS_ERR_CONFIG, "model: cnn channel %d is %lld", i, (long long)c->cnn_ch[i]);
+        if (c->cnn_norm_groups < 0 || (c->cnn_norm_groups > 0 && c->cnn_ch[i] % c->cnn_norm_groups))
+          PS_FAIL(PS_ERR_CONFIG, "model: cnn_norm_groups=%d must be >= 0 and divide every CNN width (%lld)",
+                  c->cnn_norm_groups, (long long)c->cnn_ch[i]);
+      }
     } else if (c->slide_mode == PS_SLIDE_FEATURES) {
       if (c->feat_dim <= 0) PS_FAIL(PS_ERR_CONFIG, "model: features mode needs feat_dim > 0");
     } else {
@@ -198,14 +202,18 @@ static ps_status build(ps_model *m) {
         snprintf(nm, sizeof nm, "slide.conv%d.weight", i + 1);
         PS_TRY(ps_param_add(t, &m->convw[i], nm, PS_SHAPE(c->cnn_ch[i], cin, 3, 3), true, PS_INIT_KAIMING_UNIFORM,
                             cin * 9, c->cnn_ch[i] * 9));
-        snprintf(nm, sizeof nm, "slide.bn%d.weight", i + 1);
+        const char *nk = c->cnn_norm_groups > 0 ? "gn" : "bn";
+        snprintf(nm, sizeof nm, "slide.%s%d.weight", nk, i + 1);
         PS_TRY(ps_param_add(t, &m->bng[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.bias", i + 1);
+        snprintf(nm, sizeof nm, "slide.%s%d.bias", nk, i + 1);
         PS_TRY(ps_param_add(t, &m->bnb[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.running_mean", i + 1);
-        PS_TRY(ps_param_add(&m->buffers, &m->bnrm[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.running_var", i + 1);
-        PS_TRY(ps_param_add(&m->buffers, &m->bnrv[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        m->bnrm[i] = m->bnrv[i] = -1;
+        if (c->cnn_norm_groups == 0) {
+          snprintf(nm, sizeof nm, "slide.bn%d.running_mean", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrm[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
+          snprintf(nm, sizeof nm, "slide.bn%d.running_var", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrv[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        }
         cin = c->cnn_ch[i];
       }
     } else {
@@ -361,8 +369,9 @@ static void plan_pass(ps_model *m, planner *p) {
         m->s_z[i] = TAKE_F(p, NT * oc * h * h);
         m->s_p[i] = TAKE_F(p, NT * oc * (h / 2) * (h / 2));
         m->s_am[i] = take(p, (size_t)(NT * oc * (h / 2) * (h / 2)));
-        m->s_mean[i] = TAKE_F(p, oc);
-        m->s_rstd[i] = TAKE_F(p, oc);
+        int64_t nstat = c->cnn_norm_groups > 0 ? NT * c->cnn_norm_groups : oc; // GN: per tile and group
+        m->s_mean[i] = TAKE_F(p, nstat);
+        m->s_rstd[i] = TAKE_F(p, nstat);
         if (oc * h * h > maxz) maxz = oc * h * h;
         if (oc * (h / 2) * (h / 2) > maxp) maxp = oc * (h / 2) * (h / 2);
         if (ps_nn_conv_col_floats(cin, h, h, 3) > maxcol) maxcol = ps_nn_conv_col_floats(cin, h, h, 3);
@@ -499,7 +508,7 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
   }
   const int64_t nt = m->s_off[in->b];
   m->n_t = nt;
-  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer};
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
   if (c->slide_mode == PS_SLIDE_TILES) {
     const int64_t S = c->tile_size, tsz = 3 * S * S;
     PS_REQUIRE(nt == 0 || in->tiles, "model forward: tile counts are set but the tiles array is NULL");
@@ -514,7 +523,8 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
       double t0 = omp_get_wtime();
       ps_nn_convblock_dims d = {nt, cin, c->cnn_ch[i], h, h};
       PS_TRY(ps_nn_convblock_forward(m->s_p[i], m->s_am[i], m->s_z[i], m->s_mean[i], m->s_rstd[i], x, PD(m->convw[i]),
-                                     PD(m->bng[i]), PD(m->bnb[i]), BD(m->bnrm[i]), BD(m->bnrv[i]), &d, &bo,
+                                     PD(m->bng[i]), PD(m->bnb[i]), m->bnrm[i] >= 0 ? BD(m->bnrm[i]) : NULL,
+                                     m->bnrv[i] >= 0 ? BD(m->bnrv[i]) : NULL, &d, &bo,
                                      &m->s_scr));
       double fl = 2.0 * nt * c->cnn_ch[i] * cin * 9 * h * h;
       m->fl_fwd[PS_MT_CONV1 + i] = fl;
@@ -723,7 +733,7 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
   memset(dp, 0, (size_t)(nt * D * (S / 8) * (S / 8)) * sizeof(float));
   ps_nn_avgpool_backward(dp, m->s_gh, nt, D, (S / 8) * (S / 8));
   m->t_bwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t0;
-  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer};
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
   for (int i = 2; i >= 0; i--) {
     double t1 = omp_get_wtime();
     ps_nn_convblock_dims d = {nt, cins[i], c->cnn_ch[i], hs[i], hs[i]};

@@ -44,6 +44,7 @@ typedef struct {
   int64_t tile_size;   // S (64)
   int64_t max_tiles;   // K (16)
   int64_t cnn_ch[3];   // (32, 64, 128); cnn_ch[2] must equal D
+  int cnn_norm_groups; // 0: BatchNorm (SyncBN across ranks); > 0: GroupNorm with this many groups
   int64_t feat_dim;    // F, features mode
   int64_t attn_hidden; // A (64)
   // clinical

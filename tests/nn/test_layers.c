@@ -134,7 +134,7 @@ static void bn_f(void *p, float *out) {
 static void test_bn(int64_t hw, bool training) {
   const int64_t n = 6, C = 3, nx = n * C * hw;
   bn_t c = {rnd(nx, -2, 2, 9), rnd(C, 0.5f, 1.5f, 10), rnd(C, -1, 1, 11), zeros(C), zeros(C), rnd(C, -0.5f, 0.5f, 12),
-            rnd(C, 0.5f, 1.5f, 13), n, C, hw, {1e-5f, 0.0f, training, {NULL, NULL}}, calloc(2 * C + 1, sizeof(double))};
+            rnd(C, 0.5f, 1.5f, 13), n, C, hw, {1e-5f, 0.0f, training, {NULL, NULL}, 0}, calloc(2 * C + 1, sizeof(double))};
   float *out = zeros(nx), *r = rnd(nx, -1, 1, 14), *dx = zeros(nx), *dg = zeros(C), *db = zeros(C);
   bn_f(&c, out);
   TU_OK_V(ps_nn_batchnorm_backward(dx, dg, db, r, c.x, c.mean, c.rstd, c.g, n, C, hw, &c.o, c.st));
@@ -211,12 +211,12 @@ static void cb_f(void *p, float *out) {
   ps_nn_convblock_forward(out, c->am, c->z, c->mean, c->rstd, c->x, c->w, c->g, c->b, c->rm, c->rv, &c->d, &c->o,
                           &c->s);
 }
-static void test_convblock(bool training) {
+static void test_convblock(bool training, int groups) {
   ps_nn_convblock_dims d = {3, 2, 4, 6, 6};
   int64_t nx = 3 * 2 * 36, nw = 4 * 2 * 9, nz = 3 * 4 * 36, no = 3 * 4 * 9;
   cb_t c = {rnd(nx, -1, 1, 21), rnd(nw, -1, 1, 22), rnd(4, 0.5f, 1.5f, 23), rnd(4, -0.5f, 0.5f, 24), zeros(nz),
-            zeros(4), zeros(4), rnd(4, -0.2f, 0.2f, 25), rnd(4, 0.5f, 1.5f, 26), calloc((size_t)no, 1), d,
-            {1e-5f, 0.0f, training, {NULL, NULL}},
+            zeros(16), zeros(16), rnd(4, -0.2f, 0.2f, 25), rnd(4, 0.5f, 1.5f, 26), calloc((size_t)no, 1), d,
+            {1e-5f, 0.0f, training, {NULL, NULL}, groups},
             {zeros(omp_get_max_threads() * ps_nn_conv_col_floats(2, 6, 6, 3)), zeros(omp_get_max_threads() * nw),
              calloc((size_t)omp_get_max_threads() * 9, sizeof(double))}};
   float *out = zeros(no), *r = rnd(no, -1, 1, 27), *dx = zeros(nx), *dw = zeros(nw), *dg = zeros(4), *db = zeros(4);
@@ -225,7 +225,7 @@ static void test_convblock(bool training) {
   TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, gz, r, c.am, c.z, c.mean, c.rstd, c.x, c.w, c.g, c.b, &d, &c.o,
                                    &c.s));
   lctx l = {cb_f, &c, out, r, no};
-  const char *m = training ? "train" : "eval";
+  const char *m = groups ? "groupnorm" : training ? "train" : "eval";
   char nm[64];
   snprintf(nm, sizeof nm, "convblock_%s.x", m);
   check(nm, c.x, dx, nx, &l);
@@ -387,8 +387,9 @@ int main(void) {
   test_bn(5, false);
   test_ln();
   test_pools();
-  test_convblock(true);
-  test_convblock(false);
+  test_convblock(true, 0);
+  test_convblock(false, 0);
+  test_convblock(true, 2);
   test_gattn();
   test_mhsa();
   test_dropout();

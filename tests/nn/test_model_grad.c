@@ -7,7 +7,9 @@
 // ~ 1e-7 / 1e-3 = 1e-4 relative. ReLU/max-pool kinks (many in 8x8 tiles) crossed by the +-h
 // probe make single-h checks flaky, see kink_tolerant_check. Tolerance: relative-norm error per
 // tensor < 1e-2 (a wrong gradient, e.g. a missing term or a transposed weight, gives errors of
-// order 1 at every step size; the denominator floor 1e-6 keeps tiny-gradient tensors honest).
+// order 1 at every step size). Tensors with tiny gradients (|fd| ~ 1e-3) hit the float rounding
+// floor of the differences (~1e-7 |L| / h ~ 1e-5 absolute), so an absolute error norm < 5e-5
+// also passes; a wrong gradient there still gives |err| ~ |fd| >> 5e-5.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,7 @@ static void hook(void *ctx, int64_t off) {
 // Central differences at h = 1e-2, 2e-3, 5e-4 per probed element; the step that agrees best with
 // the analytic value counts. A smooth, correct gradient agrees at every h; a ReLU/max-pool kink
 // crossed by a large step is avoided by a smaller one; a wrong gradient disagrees at all three.
+static double abs_err_last; // |err| of the last check
 static double kink_tolerant_check(const char *name, float *x, const float *an, int64_t n, ctx_t *c) {
   const float hs[3] = {1e-2f, 2e-3f, 5e-4f};
   int64_t stride = n > 16 ? (n + 15) / 16 : 1;
@@ -66,7 +69,8 @@ static double kink_tolerant_check(const char *name, float *x, const float *an, i
     den += bestfd * bestfd;
   }
   double rel = sqrt(num) / fmax(sqrt(den), 1e-6);
-  printf("  gradcheck %-28s n=%-6lld rel_err=%.3e\n", name, (long long)n, rel);
+  printf("  gradcheck %-28s n=%-6lld rel_err=%.3e |fd|=%.2e |err|=%.2e\n", name, (long long)n, rel, sqrt(den), sqrt(num));
+  abs_err_last = sqrt(num);
   return rel;
 }
 
@@ -76,7 +80,7 @@ static double ps_optim_grad_norm_ref(const float *g, int64_t n) {
   return sqrt(s);
 }
 
-static int run(ps_slide_mode mode, uint64_t seed) {
+static int run(ps_slide_mode mode, int groups, uint64_t seed) {
   ps_model_config cfg;
   ps_model_config_default(&cfg);
   cfg.d = 8, cfg.genes = 10, cfg.ae_hidden = 8, cfg.ae_dropout = 0.25f, cfg.ae_input_noise = 0.1f;
@@ -84,6 +88,7 @@ static int run(ps_slide_mode mode, uint64_t seed) {
   cfg.cnn_ch[0] = 4, cfg.cnn_ch[1] = 6, cfg.cnn_ch[2] = 8, cfg.feat_dim = 7, cfg.attn_hidden = 5;
   cfg.clinical = 4, cfg.clinical_hidden = 6, cfg.fusion_layers = 2, cfg.heads = 2, cfg.ff_hidden = 12;
   cfg.seed = seed;
+  cfg.cnn_norm_groups = groups;
   ps_model *m;
   TU_OK(ps_model_create(&m, &cfg));
   TU_OK(ps_model_plan(m, B));
@@ -115,7 +120,7 @@ static int run(ps_slide_mode mode, uint64_t seed) {
   for (int i = 0; i < pt->count; i++) {
     ps_param_info *e = &pt->p[i];
     double err = kink_tolerant_check(e->name, pt->data + e->offset, analytic + e->offset, e->numel, &c);
-    TU_CHECK(err < 1e-2, "%s: gradient relative error %.3e", e->name, err);
+    TU_CHECK(err < 1e-2 || abs_err_last < 5e-5, "%s: gradient relative error %.3e", e->name, err);
   }
   // Tile attention: sums to 1 over valid tiles, exactly 0 beyond the bag.
   TU_OK(ps_model_forward(m, eta, &rec, &c.in, true, 7));
@@ -208,7 +213,8 @@ int main(void) {
              ps_nn_modality_name(mod), ps_error_message());
     ps_model_destroy(um);
   }
-  if (run(PS_SLIDE_TILES, seed)) return 1;
-  if (run(PS_SLIDE_FEATURES, seed + 1)) return 1;
+  if (run(PS_SLIDE_TILES, 0, seed)) return 1;
+  if (run(PS_SLIDE_TILES, 2, seed + 2)) return 1; // GroupNorm in the tile CNN
+  if (run(PS_SLIDE_FEATURES, 0, seed + 1)) return 1;
   return ps_tu_finish("nn_model_grad");
 }
