@@ -13,6 +13,13 @@
 // and MPI's own description of the error code.
 const char *ps_mpi_error_string(int code);
 #define PS_MPI_CHECK(call) PS_CHECK_GEN(call, int, r == MPI_SUCCESS, PS_ERR_MPI, ps_mpi_error_string(r))
+// The same around a blocking call that the watchdog bounds (the watch ends
+// before the result is checked, so an error return never leaves it armed).
+#define PS_MPI_CHECK_WATCHED(c, call)                                                              \
+  do {                                                                                             \
+    ps_comm_watch_begin((c), #call);                                                               \
+    PS_CHECK_GEN(call, int, (ps_comm_watch_end(c), r == MPI_SUCCESS), PS_ERR_MPI, ps_mpi_error_string(r)); \
+  } while (0)
 
 // Outstanding asynchronous requests per communicator (a pool, so that
 // iallreduce allocates nothing inside a training step).
@@ -38,6 +45,7 @@ struct ps_comm {
   int thread_level; // provided by MPI_Init_thread / MPI_Query_thread
   int cuda_device;  // -1 unless device == PS_CUDA
   ps_comm_backend backend;
+  ps_comm_progress progress; // THREAD or TEST (resolved)
   ps_device device;
   bool we_initialized_mpi;
   double timeout_s; // watchdog bound on blocking waits (PANSURV_COMM_TIMEOUT, seconds; 0 = off)
@@ -57,6 +65,9 @@ struct ps_comm {
 MPI_Datatype ps_comm_mpi_type(ps_dtype t);
 MPI_Op ps_comm_mpi_op(ps_comm_op op);
 double ps_comm_now(void);
+// pthread_create with every signal blocked in the new thread, so signals meant
+// for the process (SIGUSR1 preemption notices, SIGTERM) reach the main thread.
+int ps_comm_thread_start(unsigned long *thread, void *(*fn)(void *), void *arg);
 // Watchdog guards around a blocking MPI call: if it does not return within
 // timeout_s the process prints what it was waiting for and exits non-zero
 // (the launcher then ends the job).
@@ -74,6 +85,7 @@ ps_status ps_comm_nccl_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype 
 ps_status ps_comm_nccl_iallreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t,
                                   ps_comm_op op, ps_comm_request *req);
 ps_status ps_comm_nccl_test(ps_comm_request *req, bool *done);
+void ps_comm_nccl_abort(ps_comm *c); // after a timeout: ncclCommAbort, later calls fail
 // Gradient buckets: a second NCCL communicator and stream.
 typedef struct ps_nccl_grad ps_nccl_grad;
 ps_status ps_nccl_grad_create(ps_nccl_grad **out, ps_comm *c, int nbuckets);

@@ -118,11 +118,18 @@ int main(int argc, char **argv) {
   int gpus = ps_cuda_device_count(), enough = gpus >= ps_comm_local_size(host) ? 1 : 0, all = 0;
   TU_OK(ps_comm_allreduce(host, &enough, &all, 1, PS_I32, PS_OP_MIN));
   if (!all) {
+    if (gpus == 0) { // asking for GPU collectives without a GPU is a clear error on every rank, not a crash
+      ps_comm *bad = NULL;
+      ps_comm_options gopt = {PS_COMM_AUTO, PS_CUDA, 0};
+      ps_status st = ps_comm_init(&bad, &argc, &argv, &gopt);
+      TU_CHECK(st == PS_ERR_UNSUPPORTED && bad == NULL, "device cuda without a GPU gave %s", ps_status_name(st));
+      TU_CHECK(strstr(ps_error_message(), "no GPU is visible") != NULL, "message: %s", ps_error_message());
+    }
     if (ps_comm_rank(host) == 0)
       printf("SKIP: NCCL test needs one visible GPU per local rank (%d ranks here, %d GPUs visible)\n",
              ps_comm_local_size(host), gpus);
     ps_comm_finalize(host);
-    return 0;
+    return ps_tu_failures ? ps_tu_finish("comm_nccl") : 0;
   }
   ps_comm *c = NULL;
   ps_comm_options opt = {PS_COMM_AUTO, PS_CUDA, 0};
