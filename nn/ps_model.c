@@ -10,7 +10,7 @@
 #include "ps_comm.h"
 #include "ps_rng.h"
 
-static const char *const modality_names[] = {"omics", "clinical", "slide"};
+static const char *const modality_names[] = {"omics", "slide", "clinical"};
 _Static_assert(sizeof(modality_names) / sizeof(modality_names[0]) == PS_NN_MODALITY_COUNT, "modality name table");
 const char *ps_nn_modality_name(ps_nn_modality m) { return (unsigned)m < PS_NN_MODALITY_COUNT ? modality_names[m] : "?"; }
 

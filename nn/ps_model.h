@@ -24,8 +24,9 @@
 #include "ps_param.h"
 #include "ps_status.h"
 
-// Same order as data/'s ps_modality (omics, clinical, slides); tokens follow this order.
-typedef enum { PS_NN_OMICS = 0, PS_NN_CLINICAL, PS_NN_SLIDE, PS_NN_MODALITY_COUNT } ps_nn_modality;
+// Token order of the fusion (omics, slide, clinical). Named apart from data/'s ps_modality
+// (different order) so that both headers can be included together.
+typedef enum { PS_NN_OMICS = 0, PS_NN_SLIDE, PS_NN_CLINICAL, PS_NN_MODALITY_COUNT } ps_nn_modality;
 const char *ps_nn_modality_name(ps_nn_modality m);
 
 typedef enum { PS_SLIDE_TILES = 0, PS_SLIDE_FEATURES, PS_SLIDE_MODE_COUNT } ps_slide_mode;
