@@ -53,11 +53,11 @@ fi
 log="$bdir.ctest.log"
 ctest --test-dir "$bdir" -R '^(gpu_|tensor_cuda|comm_nccl)' -V >"$log" 2>&1
 ctest_rc=$?
-while read -r name verdict; do
-  # A test that found no device prints "SKIP <name>: <why>" and passes.
-  [ "$verdict" = Passed ] && grep -qE "SKIP ${name}[: ]" "$log" && verdict="skipped (no device)"
+while read -r num name verdict; do
+  # A test that finds no device prints a line with SKIP (ctest -V prefixes it "<num>: ") and passes.
+  [ "$verdict" = Passed ] && grep -qE "^${num}: .*SKIP" "$log" && verdict="skipped (no device)"
   record "$name" "$verdict"
-done < <(sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: \([^ ]*\) \.*[* ]*\([A-Za-z]*\).*/\1 \2/p' "$log")
+done < <(sed -n 's/^ *[0-9]*\/[0-9]* Test *#\([0-9]*\): \([^ ]*\) \.*[* ]*\([A-Za-z]*\).*/\1 \2 \3/p' "$log")
 [ "${#names[@]}" -eq 0 ] && record "ctest (no GPU tests found)" "Failed"
 
 # ---- a short training run on the GPU, when the command exists
