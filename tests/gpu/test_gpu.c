@@ -513,9 +513,52 @@ static int test_prefetch(void) {
   return 0;
 }
 
+
+// ---- gpu_errors: bad inputs fail with a clear message, in every build -------------------
+static int test_errors(void) {
+  ps_tensor a = OT_RAND(-1, 1, 8), o = OT_ZEROS(8);
+  ps_tensor ga = a, go = o;
+  ga.device = go.device = PS_CUDA; // host memory tagged cuda
+  ps_status s = ps_act_forward(&go, &ga, PS_ACT_RELU);
+  if (ps_cuda_device_count() == 0) {
+    TU_CHECK(s == PS_ERR_UNSUPPORTED, "cuda tensors without a device: %s", ps_status_name(s));
+    TU_CHECK(strstr(ps_error_message(), "CUDA backend") != NULL, "message: %s", ps_error_message());
+  } else {
+    TU_CHECK(s == PS_ERR_ARG, "host memory tagged cuda must be refused: %s", ps_status_name(s));
+    TU_CHECK(strstr(ps_error_message(), "holds host memory") != NULL, "message: %s", ps_error_message());
+  }
+  TU_CHECK(ps_act_forward(&o, &ga, PS_ACT_RELU) == PS_ERR_ARG, "mixed devices must fail");
+  TU_CHECK(strstr(ps_error_message(), "different devices") != NULL, "message: %s", ps_error_message());
+  // Argument checks of the exported kernels come before any device work.
+  s = ps_cuda_adamw_step(NULL, NULL, NULL, NULL, NULL, 4, 1e-3f, 0.9f, 0.999f, 1e-8f, 0, 0.0f, 1.0f);
+  TU_CHECK(s == (PANSURV_HAVE_CUDA ? PS_ERR_ARG : PS_ERR_UNSUPPORTED), "adamw with bc1 = 0: %s", ps_status_name(s));
+  s = ps_cuda_gemm_bf16(NULL, NULL, false, NULL, false, -1, 2, 2, 1, 0);
+  TU_CHECK(s == (PANSURV_HAVE_CUDA ? PS_ERR_ARG : PS_ERR_UNSUPPORTED), "bf16 gemm with M < 0: %s", ps_status_name(s));
+  if (!PANSURV_HAVE_CUDA) {
+    void *p = NULL;
+    TU_CHECK(ps_cuda_host_alloc(&p, 16) == PS_ERR_UNSUPPORTED, "pinned memory without CUDA");
+    TU_CHECK(strstr(ps_error_message(), "built without CUDA") != NULL, "message: %s", ps_error_message());
+  }
+  if (ps_cuda_device_count() > 0) { // a workspace too small for the lowered image
+    ps_tensor in = OT_RAND(-1, 1, 1, 2, 6, 6), w = OT_RAND(-1, 1, 3, 2, 3, 3), out = OT_ZEROS(1, 3, 6, 6);
+    ps_tensor ws = OT_ZEROS(1);
+    ps_conv2d_params cp = {1, 1, 1, 1};
+    s = ps_conv2d_forward(&(ps_tensor){0}, &in, &w, NULL, &cp, &ws); // NULL-data out: refused on the CPU side
+    TU_CHECK(s == PS_ERR_ARG, "conv with an empty out: %s", ps_status_name(s));
+    setenv("PANSURV_CONV", "im2col", 1); // cuDNN's chosen algorithm may need no workspace at all
+    s = ps_conv2d_forward(dev(&out), dev(&in), dev(&w), NULL, &cp, dev(&ws));
+    unsetenv("PANSURV_CONV");
+    TU_CHECK(s == PS_ERR_ARG, "im2col conv with a 1-float workspace: %s", ps_status_name(s));
+    TU_CHECK(strstr(ps_error_message(), "workspace") != NULL, "message: %s", ps_error_message());
+    dev_free_all();
+  }
+  printf("  bad inputs refused with clear messages\n");
+  return 0;
+}
+
 static const ot_case cases[] = {
     {"gpu_bind", test_bind},       {"gpu_dense", test_dense}, {"gpu_spatial", test_spatial},
     {"gpu_batchnorm", test_batchnorm}, {"gpu_dropout", test_dropout}, {"gpu_optim", test_optim},
-    {"gpu_bf16", test_bf16},       {"gpu_prefetch", test_prefetch}, {NULL, NULL}};
+    {"gpu_bf16", test_bf16},       {"gpu_prefetch", test_prefetch}, {"gpu_errors", test_errors}, {NULL, NULL}};
 
 int main(int argc, char **argv) { return ot_main(argc, argv, cases); }
