@@ -40,6 +40,14 @@ int ps_comm_local_size(const ps_comm *c);
 int ps_comm_node_count(const ps_comm *c);
 int ps_comm_threads(const ps_comm *c);
 ps_comm_backend ps_comm_get_backend(const ps_comm *c);
+// GPU bound to this rank (its local rank), -1 unless device == PS_CUDA.
+int ps_comm_cuda_device(const ps_comm *c);
+// Pointer to this communicator's MPI_Comm (a dup of MPI_COMM_WORLD), for
+// libraries that need one (parallel HDF5: H5Pset_fapl_mpio). Cast to MPI_Comm *.
+void *ps_comm_mpi_world(ps_comm *c);
+// NCCL: the cudaStream_t that produces collective inputs; the communication
+// stream waits on an event recorded there (NULL: the legacy default stream).
+void ps_comm_set_compute_stream(ps_comm *c, void *cuda_stream);
 
 #define PS_IN_PLACE NULL
 // send == PS_IN_PLACE reduces recv in place.
