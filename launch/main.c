@@ -7,6 +7,8 @@
 
 static const ps_command commands[] = {
     {"bench", ps_cmd_bench, "benchmarks: gemm (more come with their modules)"},
+    {"train", ps_cmd_train, "train from a YAML config (mpirun/srun; --resume auto|PATH)"},
+    {"config", ps_cmd_config, "print the resolved config, or the key reference (--markdown)"},
 };
 
 static void usage(FILE *f) {

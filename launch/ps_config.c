@@ -26,19 +26,19 @@ static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const workload_names[] = {"model", "toy", NULL};
 static const char *const backend_names[] = {"auto", "mpi", "nccl", NULL};
 #define NAMES_MATCH(arr, n) _Static_assert(sizeof arr / sizeof arr[0] == (n) + 1, #arr " must cover its enum")
-NAMES_MATCH(split_names, PS_SPLIT_COUNT);
-NAMES_MATCH(modality_names, PS_MODALITY_COUNT);
-NAMES_MATCH(slide_input_names, PS_SLIDE_INPUT_COUNT);
-NAMES_MATCH(bag_names, PS_BAG_COUNT);
-NAMES_MATCH(norm_names, PS_NORM_COUNT);
-NAMES_MATCH(ties_names, PS_TIES_COUNT);
-NAMES_MATCH(strata_names, PS_STRATA_COUNT);
-NAMES_MATCH(optim_names, PS_OPTIM_COUNT);
-NAMES_MATCH(sched_names, PS_SCHED_COUNT);
-NAMES_MATCH(prec_names, PS_PREC_COUNT);
-NAMES_MATCH(device_names, PS_DEV_COUNT);
-NAMES_MATCH(workload_names, PS_WORKLOAD_COUNT);
-NAMES_MATCH(backend_names, PS_BACKEND_COUNT);
+NAMES_MATCH(split_names, PS_CFG_SPLIT_COUNT);
+NAMES_MATCH(modality_names, PS_CFG_MOD_COUNT);
+NAMES_MATCH(slide_input_names, PS_CFG_SLIDE_INPUT_COUNT);
+NAMES_MATCH(bag_names, PS_CFG_BAG_COUNT);
+NAMES_MATCH(norm_names, PS_CFG_NORM_COUNT);
+NAMES_MATCH(ties_names, PS_CFG_TIES_COUNT);
+NAMES_MATCH(strata_names, PS_CFG_STRATA_COUNT);
+NAMES_MATCH(optim_names, PS_CFG_OPTIM_COUNT);
+NAMES_MATCH(sched_names, PS_CFG_SCHED_COUNT);
+NAMES_MATCH(prec_names, PS_CFG_PREC_COUNT);
+NAMES_MATCH(device_names, PS_CFG_DEV_COUNT);
+NAMES_MATCH(workload_names, PS_CFG_WORKLOAD_COUNT);
+NAMES_MATCH(backend_names, PS_CFG_BACKEND_COUNT);
 
 #define OFF(f) offsetof(ps_config, f)
 #define BIG 1e300
@@ -484,9 +484,9 @@ ps_status ps_config_set(ps_config *c, const char *assignment) {
 
 ps_status ps_config_validate(const ps_config *c) {
   const char *src = c->source[0] ? c->source : "config";
-  if (c->data.split == PS_SPLIT_KFOLD && c->data.fold >= c->data.folds)
+  if (c->data.split == PS_CFG_SPLIT_KFOLD && c->data.fold >= c->data.folds)
     PS_FAIL(PS_ERR_CONFIG, "%s: data.fold = %d must be below data.folds = %d", src, c->data.fold, c->data.folds);
-  if (c->data.split == PS_SPLIT_FILE && !c->data.split_file[0])
+  if (c->data.split == PS_CFG_SPLIT_FILE && !c->data.split_file[0])
     PS_FAIL(PS_ERR_CONFIG, "%s: data.split is file but data.split_file is empty", src);
   if (c->data.val_fraction + c->data.test_fraction >= 0.95)
     PS_FAIL(PS_ERR_CONFIG, "%s: data.val_fraction + data.test_fraction = %g leaves too little training data (expected < 0.95)",
@@ -499,9 +499,9 @@ ps_status ps_config_validate(const ps_config *c) {
             c->train.global_batch);
   if (c->optim.min_lr > c->optim.lr)
     PS_FAIL(PS_ERR_CONFIG, "%s: optim.min_lr = %g exceeds optim.lr = %g", src, c->optim.min_lr, c->optim.lr);
-  if (c->train.precision == PS_PREC_BF16 && c->train.device == PS_DEV_CPU)
+  if (c->train.precision == PS_CFG_PREC_BF16 && c->train.device == PS_CFG_DEV_CPU)
     PS_FAIL(PS_ERR_CONFIG, "%s: train.precision bf16 needs train.device cuda or auto", src);
-  if (c->train.workload == PS_WORKLOAD_MODEL && !c->data.path[0])
+  if (c->train.workload == PS_CFG_WORKLOAD_MODEL && !c->data.path[0])
     PS_FAIL(PS_ERR_CONFIG, "%s: data.path is empty (the cohort HDF5 file to train on)", src);
   return PS_OK;
 }

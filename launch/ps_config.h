@@ -14,33 +14,33 @@
 
 enum { PS_CFG_STR_MAX = 1024, PS_CFG_LIST_MAX = 8 };
 
-typedef enum { PS_SPLIT_RANDOM = 0, PS_SPLIT_KFOLD, PS_SPLIT_SITE, PS_SPLIT_FILE, PS_SPLIT_COUNT } ps_split_kind;
-typedef enum { PS_MOD_CLINICAL = 0, PS_MOD_OMICS, PS_MOD_SLIDES, PS_MODALITY_COUNT } ps_modality;
-typedef enum { PS_SLIDE_TILES = 0, PS_SLIDE_FEATURES, PS_SLIDE_INPUT_COUNT } ps_slide_input;
-typedef enum { PS_BAG_SAMPLE = 0, PS_BAG_ALL, PS_BAG_COUNT } ps_bag_mode;
-typedef enum { PS_NORM_BATCH = 0, PS_NORM_GROUP, PS_NORM_LAYER, PS_NORM_COUNT } ps_norm_kind;
-typedef enum { PS_TIES_EFRON = 0, PS_TIES_BRESLOW, PS_TIES_COUNT } ps_ties;
-typedef enum { PS_STRATA_NONE = 0, PS_STRATA_COHORT, PS_STRATA_COUNT } ps_strata;
-typedef enum { PS_OPTIM_ADAMW = 0, PS_OPTIM_SGD, PS_OPTIM_COUNT } ps_optim_name;
-typedef enum { PS_SCHED_CONSTANT = 0, PS_SCHED_COSINE, PS_SCHED_COUNT } ps_schedule;
-typedef enum { PS_PREC_FP32 = 0, PS_PREC_BF16, PS_PREC_COUNT } ps_precision;
-typedef enum { PS_DEV_AUTO = 0, PS_DEV_CPU, PS_DEV_CUDA, PS_DEV_COUNT } ps_device_choice;
-typedef enum { PS_WORKLOAD_MODEL = 0, PS_WORKLOAD_TOY, PS_WORKLOAD_COUNT } ps_workload;
-typedef enum { PS_BACKEND_AUTO = 0, PS_BACKEND_MPI, PS_BACKEND_NCCL, PS_BACKEND_COUNT } ps_backend_choice;
+typedef enum { PS_CFG_SPLIT_RANDOM = 0, PS_CFG_SPLIT_KFOLD, PS_CFG_SPLIT_SITE, PS_CFG_SPLIT_FILE, PS_CFG_SPLIT_COUNT } ps_cfg_split_kind;
+typedef enum { PS_CFG_MOD_CLINICAL = 0, PS_CFG_MOD_OMICS, PS_CFG_MOD_SLIDES, PS_CFG_MOD_COUNT } ps_cfg_modality;
+typedef enum { PS_CFG_SLIDE_TILES = 0, PS_CFG_SLIDE_FEATURES, PS_CFG_SLIDE_INPUT_COUNT } ps_cfg_slide_input;
+typedef enum { PS_CFG_BAG_SAMPLE = 0, PS_CFG_BAG_ALL, PS_CFG_BAG_COUNT } ps_cfg_bag_mode;
+typedef enum { PS_CFG_NORM_BATCH = 0, PS_CFG_NORM_GROUP, PS_CFG_NORM_LAYER, PS_CFG_NORM_COUNT } ps_cfg_norm_kind;
+typedef enum { PS_CFG_TIES_EFRON = 0, PS_CFG_TIES_BRESLOW, PS_CFG_TIES_COUNT } ps_cfg_ties;
+typedef enum { PS_CFG_STRATA_NONE = 0, PS_CFG_STRATA_COHORT, PS_CFG_STRATA_COUNT } ps_cfg_strata;
+typedef enum { PS_CFG_OPTIM_ADAMW = 0, PS_CFG_OPTIM_SGD, PS_CFG_OPTIM_COUNT } ps_cfg_optim_name;
+typedef enum { PS_CFG_SCHED_CONSTANT = 0, PS_CFG_SCHED_COSINE, PS_CFG_SCHED_COUNT } ps_cfg_schedule;
+typedef enum { PS_CFG_PREC_FP32 = 0, PS_CFG_PREC_BF16, PS_CFG_PREC_COUNT } ps_cfg_precision;
+typedef enum { PS_CFG_DEV_AUTO = 0, PS_CFG_DEV_CPU, PS_CFG_DEV_CUDA, PS_CFG_DEV_COUNT } ps_cfg_device_choice;
+typedef enum { PS_CFG_WORKLOAD_MODEL = 0, PS_CFG_WORKLOAD_TOY, PS_CFG_WORKLOAD_COUNT } ps_cfg_workload;
+typedef enum { PS_CFG_BACKEND_AUTO = 0, PS_CFG_BACKEND_MPI, PS_CFG_BACKEND_NCCL, PS_CFG_BACKEND_COUNT } ps_cfg_backend_choice;
 
 typedef struct {
   char path[PS_CFG_STR_MAX];       // cohort HDF5 file
-  int split;                       // ps_split_kind
+  int split;                       // ps_cfg_split_kind
   char split_file[PS_CFG_STR_MAX]; // CSV id -> train/val/test or fold
   int fold;                        // held-out fold (kfold) or site index (site)
   int folds;                       // k
   double val_fraction;
   double test_fraction;
-  int modalities[PS_CFG_LIST_MAX]; // ps_modality, n_modalities used
+  int modalities[PS_CFG_LIST_MAX]; // ps_cfg_modality, n_modalities used
   int n_modalities;
   int tiles;       // tiles per patient (bag: sample)
-  int slide_input; // ps_slide_input
-  int bag;         // ps_bag_mode
+  int slide_input; // ps_cfg_slide_input
+  int bag;         // ps_cfg_bag_mode
   int genes;       // top-variance genes kept (0: all)
   bool augment;
 } ps_config_data;
@@ -59,23 +59,23 @@ typedef struct {
   int fusion_layers;
   int fusion_heads;
   double dropout;
-  int norm; // ps_norm_kind
+  int norm; // ps_cfg_norm_kind
 } ps_config_model;
 
 typedef struct {
-  int ties;   // ps_ties
-  int strata; // ps_strata
+  int ties;   // ps_cfg_ties
+  int strata; // ps_cfg_strata
   double lambda_recon;
 } ps_config_loss;
 
 typedef struct {
-  int name; // ps_optim_name
+  int name; // ps_cfg_optim_name
   double lr;
   double weight_decay;
   double momentum;
   bool nesterov;
   double beta1, beta2, eps;
-  int schedule; // ps_schedule
+  int schedule; // ps_cfg_schedule
   int warmup_steps;
   double min_lr;
 } ps_config_optim;
@@ -87,15 +87,15 @@ typedef struct {
   double clip_norm;
   int patience;
   int64_t seed;
-  int precision; // ps_precision
+  int precision; // ps_cfg_precision
   int threads;
-  int device;   // ps_device_choice
-  int workload; // ps_workload
+  int device;   // ps_cfg_device_choice
+  int workload; // ps_cfg_workload
   int max_steps;
 } ps_config_train;
 
 typedef struct {
-  int backend; // ps_backend_choice
+  int backend; // ps_cfg_backend_choice
   double bucket_mb;
 } ps_config_comm;
 

@@ -120,7 +120,7 @@ int main(void) {
                                             "model:\n  cnn_channels: [8, 16]\noptim:\n  lr: 3e-4\n  nesterov: yes\n"
                                             "train:\n  seed: 123456789012\nlog:\n");
     TU_OK(ps_config_load(&c, p));
-    TU_CHECK(c.data.n_modalities == 2 && c.data.modalities[0] == PS_MOD_OMICS && c.data.modalities[1] == PS_MOD_SLIDES,
+    TU_CHECK(c.data.n_modalities == 2 && c.data.modalities[0] == PS_CFG_MOD_OMICS && c.data.modalities[1] == PS_CFG_MOD_SLIDES,
              "modalities");
     TU_CHECK(!strcmp(c.data.path, "co:hort \"x\".h5"), "path '%s'", c.data.path);
     TU_CHECK(c.model.n_cnn_channels == 2 && c.model.cnn_channels[1] == 16, "channels");
