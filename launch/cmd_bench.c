@@ -11,7 +11,10 @@ typedef struct {
   const char *summary;
 } bench_entry;
 
+int ps_bench_gemm(int argc, char **argv); // launch/bench_gemm.c
+
 static const bench_entry benches[] = {
+    {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
