@@ -1,12 +1,14 @@
 // ps_comm: MPI core. Initialization from any launcher (mpirun, srun
 // --mpi=pmix, or none: a singleton), typed collectives, status agreement,
-// asynchronous all-reduce and the watchdog. Only the calling (main) thread
-// issues MPI calls, so MPI_THREAD_FUNNELED suffices: gradient buckets are
-// progressed by MPI_Test calls from ps_grad_sync_ready(), not by a thread.
+// asynchronous all-reduce and the watchdog. Thread level: MPI_THREAD_MULTIPLE
+// when gradient buckets use the progress thread (it calls MPI beside the main
+// thread), MPI_THREAD_FUNNELED when they are progressed by MPI_Test calls from
+// ps_grad_sync_ready() (see ps_comm_progress).
 #define _GNU_SOURCE
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,23 @@ _Static_assert(sizeof backend_names / sizeof backend_names[0] == PS_COMM_BACKEND
 
 const char *ps_comm_backend_name(ps_comm_backend b) {
   return (b >= 0 && b < PS_COMM_BACKEND_COUNT) ? backend_names[b] : "unknown";
+}
+
+static const char *const progress_names[] = {"auto", "thread", "test"};
+_Static_assert(sizeof progress_names / sizeof progress_names[0] == PS_PROGRESS_COUNT,
+               "progress_names must cover every ps_comm_progress");
+
+const char *ps_comm_progress_name(ps_comm_progress p) {
+  return (p >= 0 && p < PS_PROGRESS_COUNT) ? progress_names[p] : "unknown";
+}
+
+ps_status ps_comm_progress_parse(const char *s, ps_comm_progress *out) {
+  for (int p = 0; p < PS_PROGRESS_COUNT; p++)
+    if (s && !strcmp(s, progress_names[p])) {
+      *out = (ps_comm_progress)p;
+      return PS_OK;
+    }
+  PS_FAIL(PS_ERR_ARG, "unknown progress mode '%s' (expected auto, thread or test)", s ? s : "(null)");
 }
 
 ps_status ps_comm_backend_parse(const char *s, ps_comm_backend *out) {
@@ -105,6 +124,19 @@ void ps_comm_watch_end(ps_comm *c) {
   if (c->watch_running) atomic_store(&c->watch_deadline_ns, 0);
 }
 
+_Static_assert(sizeof(pthread_t) <= sizeof(unsigned long), "pthread_t is stored in an unsigned long");
+
+int ps_comm_thread_start(unsigned long *thread, void *(*fn)(void *), void *arg) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t th;
+  int rc = pthread_create(&th, NULL, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc == 0) *thread = (unsigned long)th;
+  return rc;
+}
+
 // ---- init ------------------------------------------------------------------
 static int env_int(const char *name, int fallback) {
   const char *v = getenv(name);
@@ -164,13 +196,17 @@ static ps_status cross_check_local_rank(const ps_comm *c) {
   return PS_OK;
 }
 
-static ps_status init_mpi_state(ps_comm *c, int *argc, char ***argv) {
+static ps_status init_mpi_state(ps_comm *c, int *argc, char ***argv, ps_comm_progress want) {
   int inited = 0, finalized = 0;
   PS_MPI_CHECK(MPI_Initialized(&inited));
   PS_MPI_CHECK(MPI_Finalized(&finalized));
   if (finalized) PS_FAIL(PS_ERR_MPI, "MPI was already finalized; ps_comm_init must run before MPI_Finalize");
+  const char *env = getenv("PANSURV_COMM_PROGRESS");
+  if (env && *env) PS_TRY(ps_comm_progress_parse(env, &want));
+  PS_REQUIRE(want >= 0 && want < PS_PROGRESS_COUNT, "progress mode %d out of range", (int)want);
+  int level = want == PS_PROGRESS_TEST ? MPI_THREAD_FUNNELED : MPI_THREAD_MULTIPLE;
   if (!inited) {
-    PS_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &c->thread_level));
+    PS_MPI_CHECK(MPI_Init_thread(argc, argv, level, &c->thread_level));
     c->we_initialized_mpi = true;
   } else {
     PS_MPI_CHECK(MPI_Query_thread(&c->thread_level));
@@ -178,6 +214,11 @@ static ps_status init_mpi_state(ps_comm *c, int *argc, char ***argv) {
   if (c->thread_level < MPI_THREAD_FUNNELED)
     PS_FAIL(PS_ERR_MPI, "MPI provides thread level %d; pansurv needs MPI_THREAD_FUNNELED (%d): OpenMP threads run "
             "beside the MPI-calling main thread", c->thread_level, MPI_THREAD_FUNNELED);
+  if (want == PS_PROGRESS_THREAD && c->thread_level < MPI_THREAD_MULTIPLE)
+    PS_FAIL(PS_ERR_MPI, "progress mode 'thread' needs MPI_THREAD_MULTIPLE but MPI provides level %d; use "
+            "PANSURV_COMM_PROGRESS=test or an MPI built with thread support", c->thread_level);
+  c->progress = c->thread_level >= MPI_THREAD_MULTIPLE && want != PS_PROGRESS_TEST ? PS_PROGRESS_THREAD
+                                                                                   : PS_PROGRESS_TEST;
   PS_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &c->world));
   PS_MPI_CHECK(MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN));
   PS_MPI_CHECK(MPI_Comm_rank(c->world, &c->rank));
@@ -226,12 +267,15 @@ static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
     if (n == 0)
       local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
                            "GPU is visible", c->rank, c->local_rank);
-    else if (c->local_size > n)
+    else if (n > 1 && c->local_size > n)
       local = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "rank %d: %d ranks on this node but %d visible GPUs; "
                            "launch one rank per GPU (srun --ntasks-per-node=%d --gpus-per-task=1, or fewer ranks)",
                            c->rank, c->local_size, n, n);
     else {
-      c->cuda_device = c->local_rank; // one rank per GPU, local rank -> visible device
+      // n >= local size: local rank -> device. n == 1 with several local ranks: the launcher gave each rank its
+      // own GPU (srun --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES per task); if they really share one, NCCL's
+      // init reports the duplicate GPU.
+      c->cuda_device = n == 1 ? 0 : c->local_rank;
       local = ps_cuda_set_device(c->cuda_device);
     }
     PS_TRY(ps_comm_agree(c, local, &global));
@@ -250,7 +294,7 @@ ps_status ps_comm_init(ps_comm **out, int *argc, char ***argv, const ps_comm_opt
   if (!c) PS_FAIL(PS_ERR_MEM, "comm: allocating the communicator");
   c->world = MPI_COMM_NULL;
   c->node = MPI_COMM_NULL;
-  ps_status s = init_mpi_state(c, argc, argv);
+  ps_status s = init_mpi_state(c, argc, argv, PS_PROGRESS_AUTO);
   if (s == PS_OK) {
     int t = env_int("PANSURV_COMM_TIMEOUT", 600);
     if (t < 0) s = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "PANSURV_COMM_TIMEOUT='%s': expected seconds "
@@ -259,11 +303,7 @@ ps_status ps_comm_init(ps_comm **out, int *argc, char ***argv, const ps_comm_opt
   }
   if (s == PS_OK) s = init_rest(c, opt);
   if (s == PS_OK && c->timeout_s > 0) {
-    pthread_t th;
-    if (pthread_create(&th, NULL, watchdog_main, c) == 0) {
-      c->watch_running = true;
-      c->watch_thread = (unsigned long)th;
-    }
+    if (ps_comm_thread_start(&c->watch_thread, watchdog_main, c) == 0) c->watch_running = true;
   }
   if (s != PS_OK) {
     ps_comm_finalize(c);
@@ -308,6 +348,7 @@ int ps_comm_local_size(const ps_comm *c) { return c->local_size; }
 int ps_comm_node_count(const ps_comm *c) { return c->nodes; }
 int ps_comm_threads(const ps_comm *c) { return c->threads; }
 ps_comm_backend ps_comm_get_backend(const ps_comm *c) { return c->backend; }
+ps_comm_progress ps_comm_get_progress(const ps_comm *c) { return c->progress; }
 int ps_comm_cuda_device(const ps_comm *c) { return c->cuda_device; }
 void *ps_comm_mpi_world(ps_comm *c) { return &c->world; }
 void ps_comm_set_compute_stream(ps_comm *c, void *cuda_stream) { c->compute_stream = cuda_stream; }

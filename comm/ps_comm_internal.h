@@ -38,6 +38,7 @@ struct ps_comm {
   int thread_level; // provided by MPI_Init_thread / MPI_Query_thread
   int cuda_device;  // -1 unless device == PS_CUDA
   ps_comm_backend backend;
+  ps_comm_progress progress; // THREAD or TEST (resolved)
   ps_device device;
   bool we_initialized_mpi;
   double timeout_s; // watchdog bound on blocking waits (PANSURV_COMM_TIMEOUT, seconds; 0 = off)
@@ -57,6 +58,9 @@ struct ps_comm {
 MPI_Datatype ps_comm_mpi_type(ps_dtype t);
 MPI_Op ps_comm_mpi_op(ps_comm_op op);
 double ps_comm_now(void);
+// pthread_create with every signal blocked in the new thread, so signals meant
+// for the process (SIGUSR1 preemption notices, SIGTERM) reach the main thread.
+int ps_comm_thread_start(unsigned long *thread, void *(*fn)(void *), void *arg);
 // Watchdog guards around a blocking MPI call: if it does not return within
 // timeout_s the process prints what it was waiting for and exits non-zero
 // (the launcher then ends the job).
@@ -80,7 +84,7 @@ ps_status ps_nccl_grad_create(ps_nccl_grad **out, ps_comm *c, int nbuckets);
 void ps_nccl_grad_destroy(ps_nccl_grad *g);
 ps_status ps_nccl_grad_start(ps_nccl_grad *g, int bucket, float *buf, int64_t count);
 ps_status ps_nccl_grad_test(ps_nccl_grad *g, int bucket, bool *done);
-ps_status ps_nccl_grad_wait_all(ps_nccl_grad *g, double timeout_s);
+void ps_nccl_grad_abort(ps_nccl_grad *g); // after a timeout: ncclCommAbort
 #endif
 
 #endif

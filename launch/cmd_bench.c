@@ -12,9 +12,11 @@ typedef struct {
 } bench_entry;
 
 int ps_bench_gemm(int argc, char **argv); // launch/bench_gemm.c
+int ps_bench_comm(int argc, char **argv); // bench_comm.c
 
 static const bench_entry benches[] = {
     {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
+    {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
