@@ -13,10 +13,12 @@ typedef struct {
 
 int ps_bench_gemm(int argc, char **argv); // launch/bench_gemm.c
 int ps_bench_comm(int argc, char **argv); // bench_comm.c
+int ps_bench_survival(int argc, char **argv); // bench_survival.c
 
 static const bench_entry benches[] = {
     {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
     {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
+    {"survival", ps_bench_survival, "Harrell C and Cox loss+grad for n = 1e4..1e6 (optional Python peers)"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 
