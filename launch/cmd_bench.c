@@ -5,6 +5,8 @@
 
 #include "ps_commands.h"
 
+int ps_bench_io(int argc, char **argv);
+
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -19,6 +21,7 @@ static const bench_entry benches[] = {
     {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
     {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
     {"survival", ps_bench_survival, "Harrell C and Cox loss+grad for n = 1e4..1e6 (optional Python peers)"},
+    {"io", ps_bench_io, "cohort-file read throughput vs sequential read, loader stall per step"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 

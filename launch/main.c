@@ -14,6 +14,8 @@ static const ps_command commands[] = {
     {"config", ps_cmd_config, "print the resolved config, or the key reference (--markdown)"},
     {"coxph", ps_cmd_coxph, "classical Cox fit on a CSV (as R survival::coxph)"},
     {"metrics", ps_cmd_metrics, "C-indices, td-AUC, Brier/IBS, Kaplan-Meier, log-rank on a CSV"},
+    {"sim", ps_cmd_sim, "simulate a multimodal cohort with known ground truth"},
+    {"check", ps_cmd_check, "validate a cohort file and summarize it"},
 };
 
 static void usage(FILE *f) {
