@@ -12,23 +12,6 @@
 
 static const char tmp_prefix[] = ".tmp-";
 
-uint32_t ps_crc32(uint32_t crc, const void *buf, size_t n) {
-  static uint32_t table[256];
-  static int ready = 0;
-  if (!ready) { // benign race: every thread writes the same values
-    for (uint32_t i = 0; i < 256; i++) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      table[i] = c;
-    }
-    ready = 1;
-  }
-  const uint8_t *p = buf;
-  crc = ~crc;
-  for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
-
 ps_status ps_ckpt_mkdirs(const char *dir) {
   char buf[PS_CKPT_PATH_MAX];
   if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) PS_FAIL(PS_ERR_ARG, "path too long: %s", dir);

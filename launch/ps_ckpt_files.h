@@ -43,7 +43,4 @@ ps_status ps_ckpt_find_latest_valid(const char *dir, ps_ckpt_verify_fn verify, v
 // Removes leftover temporary files (from a crash during a write).
 ps_status ps_ckpt_clean_temps(const char *dir);
 
-// CRC-32 (IEEE 802.3, as zlib's crc32), chainable: crc = ps_crc32(crc, buf, n), starting from 0.
-uint32_t ps_crc32(uint32_t crc, const void *buf, size_t n);
-
 #endif

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ps_checkpoint.h" // ps_crc32
 #include "ps_ckpt_files.h"
 #include "ps_rng.h"
 #include "ps_train.h"
