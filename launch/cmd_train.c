@@ -9,6 +9,7 @@
 #include "ps_config.h"
 #include "ps_signal.h"
 #include "ps_train.h"
+#include "ps_wl_model.h"
 
 static void train_usage(FILE *f) {
   fprintf(f, "usage: pansurv train CONFIG [--set section.key=value ...] [--resume auto|PATH] [--quiet]\n\n"
@@ -102,10 +103,7 @@ int ps_cmd_train(int argc, char **argv) {
   void *w = NULL;
   const ps_workload_ops *ops = NULL;
   if (cfg.train.workload == PS_CFG_WORKLOAD_TOY) s = ps_toy_create(&w, &ops, &cfg, comm);
-  else
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__,
-                     "train.workload: model needs the nn module, which is not integrated in this build yet "
-                     "(train.workload: toy runs the launcher test workload)");
+  else s = ps_wl_model_create(&w, &ops, &cfg, comm);
   ps_status g = PS_OK;
   if (ps_comm_agree(comm, s, &g) != PS_OK || g != PS_OK) {
     if (s != PS_OK) fprintf(stderr, "pansurv train: rank %d: %s\n", rank, ps_error_message());

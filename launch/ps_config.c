@@ -16,7 +16,6 @@ static const char *const split_names[] = {"random", "kfold", "site", "file", NUL
 static const char *const modality_names[] = {"clinical", "omics", "slides", NULL};
 static const char *const slide_input_names[] = {"tiles", "features", NULL};
 static const char *const bag_names[] = {"sample", "all", NULL};
-static const char *const norm_names[] = {"batch", "group", "layer", NULL};
 static const char *const ties_names[] = {"efron", "breslow", NULL};
 static const char *const strata_names[] = {"none", "cohort", NULL};
 static const char *const optim_names[] = {"adamw", "sgd", NULL};
@@ -30,7 +29,6 @@ NAMES_MATCH(split_names, PS_CFG_SPLIT_COUNT);
 NAMES_MATCH(modality_names, PS_CFG_MOD_COUNT);
 NAMES_MATCH(slide_input_names, PS_CFG_SLIDE_INPUT_COUNT);
 NAMES_MATCH(bag_names, PS_CFG_BAG_COUNT);
-NAMES_MATCH(norm_names, PS_CFG_NORM_COUNT);
 NAMES_MATCH(ties_names, PS_CFG_TIES_COUNT);
 NAMES_MATCH(strata_names, PS_CFG_STRATA_COUNT);
 NAMES_MATCH(optim_names, PS_CFG_OPTIM_COUNT);
@@ -69,8 +67,6 @@ const ps_cfg_key ps_config_keys[] = {
   {"model", "clinical_hidden", PS_CFG_INT, OFF(model.clinical_hidden), 0, 1, 65536, NULL, "64", "hidden width of the clinical MLP"},
   {"model", "fusion_layers", PS_CFG_INT, OFF(model.fusion_layers), 0, 0, 64, NULL, "1", "self-attention layers over modality tokens (0: mean of tokens)"},
   {"model", "fusion_heads", PS_CFG_INT, OFF(model.fusion_heads), 0, 1, 64, NULL, "4", "attention heads in fusion (must divide embed_dim)"},
-  {"model", "dropout", PS_CFG_FLOAT, OFF(model.dropout), 0, 0, 0.95, NULL, "0.1", "dropout in the clinical MLP and fusion"},
-  {"model", "norm", PS_CFG_ENUM, OFF(model.norm), 0, 0, 0, norm_names, "batch", "normalization in the tile CNN: batch (synchronized across ranks), group or layer"},
 
   {"loss", "ties", PS_CFG_ENUM, OFF(loss.ties), 0, 0, 0, ties_names, "efron", "tie handling of the Cox partial likelihood"},
   {"loss", "strata", PS_CFG_ENUM, OFF(loss.strata), 0, 0, 0, strata_names, "none", "separate risk sets per cohort (cancer type) or one risk set"},

@@ -18,7 +18,6 @@ typedef enum { PS_CFG_SPLIT_RANDOM = 0, PS_CFG_SPLIT_KFOLD, PS_CFG_SPLIT_SITE, P
 typedef enum { PS_CFG_MOD_CLINICAL = 0, PS_CFG_MOD_OMICS, PS_CFG_MOD_SLIDES, PS_CFG_MOD_COUNT } ps_cfg_modality;
 typedef enum { PS_CFG_SLIDE_TILES = 0, PS_CFG_SLIDE_FEATURES, PS_CFG_SLIDE_INPUT_COUNT } ps_cfg_slide_input;
 typedef enum { PS_CFG_BAG_SAMPLE = 0, PS_CFG_BAG_ALL, PS_CFG_BAG_COUNT } ps_cfg_bag_mode;
-typedef enum { PS_CFG_NORM_BATCH = 0, PS_CFG_NORM_GROUP, PS_CFG_NORM_LAYER, PS_CFG_NORM_COUNT } ps_cfg_norm_kind;
 typedef enum { PS_CFG_TIES_EFRON = 0, PS_CFG_TIES_BRESLOW, PS_CFG_TIES_COUNT } ps_cfg_ties;
 typedef enum { PS_CFG_STRATA_NONE = 0, PS_CFG_STRATA_COHORT, PS_CFG_STRATA_COUNT } ps_cfg_strata;
 typedef enum { PS_CFG_OPTIM_ADAMW = 0, PS_CFG_OPTIM_SGD, PS_CFG_OPTIM_COUNT } ps_cfg_optim_name;
@@ -58,8 +57,6 @@ typedef struct {
   int clinical_hidden;
   int fusion_layers;
   int fusion_heads;
-  double dropout;
-  int norm; // ps_cfg_norm_kind
 } ps_config_model;
 
 typedef struct {

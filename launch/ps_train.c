@@ -360,7 +360,12 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
     return s;
   }
 
-  const int tty = rank == 0 && !opt->quiet && isatty(STDOUT_FILENO);
+  // mpirun gives ranks a pseudo-terminal even when its own output is a file:
+  // PANSURV_PROGRESS=plain|bar overrides the guess.
+  const char *pm = getenv("PANSURV_PROGRESS");
+  int tty = rank == 0 && !opt->quiet && isatty(STDOUT_FILENO);
+  if (pm && !strcmp(pm, "plain")) tty = 0;
+  if (pm && !strcmp(pm, "bar")) tty = rank == 0 && !opt->quiet;
   ps_step_stats st = {0};
   st.loss = NAN;
   const char *stopped = "completed";
