@@ -11,6 +11,7 @@ typedef struct {
 int ps_cmd_bench(int argc, char **argv);
 int ps_cmd_train(int argc, char **argv);
 int ps_cmd_config(int argc, char **argv);
+int ps_cmd_eval(int argc, char **argv);
 int ps_cmd_sim(int argc, char **argv);
 int ps_cmd_check(int argc, char **argv);
 

@@ -396,24 +396,12 @@ static ps_status load_section(ps_config *c, yaml_document_t *doc, const char *pa
   return PS_OK;
 }
 
-ps_status ps_config_load(ps_config *c, const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) PS_FAIL(PS_ERR_IO, "cannot open config '%s': %s", path, strerror(errno));
-  yaml_parser_t parser;
+// Loads from an initialized parser (file or string input); `path` names the source in messages.
+static ps_status load_parser(ps_config *c, yaml_parser_t *parser, const char *path) {
   yaml_document_t doc;
-  if (!yaml_parser_initialize(&parser)) {
-    fclose(f);
-    PS_FAIL(PS_ERR_MEM, "libyaml: cannot initialize a parser");
-  }
-  yaml_parser_set_input_file(&parser, f);
-  if (!yaml_parser_load(&parser, &doc)) {
-    ps_status s = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "%s:%zu:%zu: YAML syntax error: %s", path,
-                               parser.problem_mark.line + 1, parser.problem_mark.column + 1,
-                               parser.problem ? parser.problem : "unknown");
-    yaml_parser_delete(&parser);
-    fclose(f);
-    return s;
-  }
+  if (!yaml_parser_load(parser, &doc))
+    PS_FAIL(PS_ERR_CONFIG, "%s:%zu:%zu: YAML syntax error: %s", path, parser->problem_mark.line + 1,
+            parser->problem_mark.column + 1, parser->problem ? parser->problem : "unknown");
   ps_status s = PS_OK;
   char where[PS_CFG_STR_MAX + 64];
   yaml_node_t *root = yaml_document_get_root_node(&doc);
@@ -448,9 +436,31 @@ ps_status ps_config_load(ps_config *c, const char *path) {
     }
   }
   yaml_document_delete(&doc);
+  if (s == PS_OK) snprintf(c->source, sizeof c->source, "%s", path);
+  return s;
+}
+
+ps_status ps_config_load(ps_config *c, const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) PS_FAIL(PS_ERR_IO, "cannot open config '%s': %s", path, strerror(errno));
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) {
+    fclose(f);
+    PS_FAIL(PS_ERR_MEM, "libyaml: cannot initialize a parser");
+  }
+  yaml_parser_set_input_file(&parser, f);
+  ps_status s = load_parser(c, &parser, path);
   yaml_parser_delete(&parser);
   fclose(f);
-  if (s == PS_OK) snprintf(c->source, sizeof c->source, "%s", path);
+  return s;
+}
+
+ps_status ps_config_load_text(ps_config *c, const char *text, const char *name) {
+  yaml_parser_t parser;
+  if (!yaml_parser_initialize(&parser)) PS_FAIL(PS_ERR_MEM, "libyaml: cannot initialize a parser");
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, strlen(text));
+  ps_status s = load_parser(c, &parser, name);
+  yaml_parser_delete(&parser);
   return s;
 }
 

@@ -153,6 +153,8 @@ extern const size_t ps_config_key_count;
 void ps_config_defaults(ps_config *c);
 // Loads a YAML file over defaults. Errors name file:line:column.
 ps_status ps_config_load(ps_config *c, const char *path);
+// Same from text in memory (e.g. the config stored in a checkpoint); `name` labels messages.
+ps_status ps_config_load_text(ps_config *c, const char *text, const char *name);
 // "section.key=value" (value parsed as the key's type; lists as a,b,c or [a, b, c]).
 ps_status ps_config_set(ps_config *c, const char *assignment);
 // Cross-key checks (e.g. folds > fold, test_fraction + val_fraction < 1).
