@@ -24,6 +24,8 @@ typedef struct {
   double *rows; // (n_local, EXTRA): modality attention (M), top-K tile (entry, weight) pairs
   int64_t n, cap;
   int64_t kmax; // K_max: row length of the tile attention
+  int64_t c;    // C clinical columns appended to each row (normalized values; 0 when absent)
+  int width;    // EXTRA + C
   int tokens;
 } collect_ctx;
 
@@ -33,7 +35,8 @@ static void collect(void *vctx, const ps_wl_batch *b, const float *eta, const fl
   (void)eta;
   c->tokens = tokens;
   for (int64_t i = 0; i < b->b && c->n < c->cap; i++, c->n++) {
-    double *r = c->rows + c->n * EXTRA;
+    double *r = c->rows + c->n * c->width;
+    for (int64_t j = 0; j < c->c; j++) r[EXTRA + j] = b->clinical_present[i] ? b->clinical[i * c->c + j] : 0.0;
     for (int m = 0; m < MAXM; m++) r[m] = m < tokens && mod_attn ? mod_attn[i * tokens + m] : NAN;
     int K = b->n_tiles ? b->n_tiles[i] : 0;
     for (int t = 0; t < TOPK; t++) r[MAXM + 2 * t] = -1, r[MAXM + 2 * t + 1] = NAN;
@@ -53,6 +56,25 @@ static void collect(void *vctx, const ps_wl_batch *b, const float *eta, const fl
       r[MAXM + 2 * t + 1] = bw;
     }
   }
+}
+
+// clinical_<part>.csv: id,time,event,<clinical columns> (training-normalized values,
+// missing -> 0 = training mean), for classical baselines on the same split.
+static void write_clinical(const char *out, const char *part, ps_wl_data *wd, int64_t n, const int64_t *ix,
+                           const double *t, const uint8_t *ev, const double *rows, int width, int64_t c) {
+  char p[4300];
+  snprintf(p, sizeof p, "%s/clinical_%s.csv", out, part);
+  FILE *f = fopen(p, "w");
+  if (!f) return;
+  fprintf(f, "id,time,event");
+  for (int64_t j = 0; j < c; j++) fprintf(f, ",%.64s", ps_wl_data_clinical_name(wd, j));
+  fprintf(f, "\n");
+  for (int64_t i = 0; i < n; i++) {
+    fprintf(f, "%.32s,%.9g,%d", ps_wl_data_patient_id(wd, ix[i]), t[i], ev[i]);
+    for (int64_t j = 0; j < c; j++) fprintf(f, ",%.7g", rows[i * width + EXTRA + j]);
+    fprintf(f, "\n");
+  }
+  fclose(f);
 }
 
 static int parse_times(const char *s, double *t, int max) {
@@ -179,7 +201,7 @@ int ps_cmd_eval(int argc, char **argv) {
   int code = PS_EXIT_ERROR;
   collect_ctx cc = {0};
   int64_t *cnt = calloc((size_t)R, sizeof *cnt);
-  double *all_extra = NULL, *train_eta = NULL, *train_time = NULL;
+  double *all_extra = NULL, *train_extra = NULL, *train_eta = NULL, *train_time = NULL;
   uint8_t *train_event = NULL;
   ps_status g = PS_OK;
   s = ps_wl_model_create(&w, &ops, &cfg, comm);
@@ -203,7 +225,21 @@ int ps_cmd_eval(int argc, char **argv) {
   const uint8_t *ev;
   const int32_t *co_;
   const int64_t *ix;
-  if ((s = ps_wl_model_predict(w, PS_WL_TRAIN, NULL, NULL, &ntr, &t, &ev, &co_, &ix, &e_eta)) != PS_OK) goto fail;
+  collect_ctx ct_ = {0};
+  ct_.cap = sh->n_total;
+  ct_.kmax = sh->max_tiles;
+  ct_.c = sh->clinical;
+  ct_.width = EXTRA + (int)sh->clinical;
+  ct_.rows = calloc((size_t)ct_.cap * (size_t)ct_.width, sizeof(double));
+  if ((s = ps_wl_model_predict(w, PS_WL_TRAIN, collect, &ct_, &ntr, &t, &ev, &co_, &ix, &e_eta)) != PS_OK) goto fail;
+  train_extra = calloc((size_t)(ntr > 0 ? ntr : 1) * (size_t)ct_.width, sizeof(double));
+  {
+    int64_t m2 = ct_.n * ct_.width;
+    if ((s = ps_comm_allgather(comm, &m2, cnt, 1, PS_I64)) != PS_OK) goto fail;
+    if ((s = ps_comm_allgatherv(comm, ct_.rows, m2, train_extra, cnt, PS_F64)) != PS_OK) goto fail;
+  }
+  free(ct_.rows);
+  if (rank == 0) write_clinical(out, "train", wd, ntr, ix, t, ev, train_extra, ct_.width, sh->clinical);
   train_eta = malloc(sizeof(double) * (size_t)ntr);
   train_time = malloc(sizeof(double) * (size_t)ntr);
   train_event = malloc((size_t)ntr);
@@ -212,14 +248,17 @@ int ps_cmd_eval(int argc, char **argv) {
   memcpy(train_event, ev, (size_t)ntr);
   cc.cap = sh->n_total;
   cc.kmax = sh->max_tiles;
-  cc.rows = calloc((size_t)cc.cap * EXTRA, sizeof(double));
+  cc.c = sh->clinical;
+  cc.width = EXTRA + (int)sh->clinical;
+  cc.rows = calloc((size_t)cc.cap * (size_t)cc.width, sizeof(double));
   int64_t n = 0;
   if ((s = ps_wl_model_predict(w, part, collect, &cc, &n, &t, &ev, &co_, &ix, &e_eta)) != PS_OK) goto fail;
   // gather the per-patient extras in the same rank order as the predictions
-  all_extra = calloc((size_t)(n > 0 ? n : 1) * EXTRA, sizeof(double));
-  int64_t mine = cc.n * EXTRA;
+  all_extra = calloc((size_t)(n > 0 ? n : 1) * (size_t)cc.width, sizeof(double));
+  int64_t mine = cc.n * cc.width;
   if ((s = ps_comm_allgather(comm, &mine, cnt, 1, PS_I64)) != PS_OK) goto fail;
   if ((s = ps_comm_allgatherv(comm, cc.rows, mine, all_extra, cnt, PS_F64)) != PS_OK) goto fail;
+  if (rank == 0) write_clinical(out, split, wd, n, ix, t, ev, all_extra, cc.width, sh->clinical);
   if (rank == 0) {
     // ---- metrics ----
     double *sorted = malloc(sizeof(double) * (size_t)ntr);
@@ -369,7 +408,7 @@ int ps_cmd_eval(int argc, char **argv) {
       fprintf(f, "%s,%.64s,%.6g,%d,%.9g,%s", id, ps_wl_data_cohort_name(wd, co_[i]), t[i], ev[i], e_eta[i],
               e_eta[i] > median ? "high" : "low");
       for (int k = 0; k < nt; k++) fprintf(f, ",%.6g", base.u ? ps_breslow_surv(&base, times[k], e_eta[i]) : NAN);
-      const double *r = all_extra + i * EXTRA;
+      const double *r = all_extra + i * cc.width;
       for (int m = 0; m < cc.tokens && m < MAXM; m++) {
         fprintf(f, ",%.6g", r[m]);
         if (isfinite(r[m]) && r[m] > 0) mod_sum[m] += r[m], mod_n[m]++;
@@ -469,7 +508,7 @@ fail:
   fprintf(stderr, "pansurv eval: rank %d: %s\n", rank, ps_error_message());
   code = PS_EXIT_ERROR;
 done:
-  free(cc.rows), free(cnt), free(all_extra), free(train_eta), free(train_time), free(train_event);
+  free(cc.rows), free(cnt), free(all_extra), free(train_extra), free(train_eta), free(train_time), free(train_event);
   if (ops) ops->destroy(w);
   ps_comm_finalize(comm);
   return code;

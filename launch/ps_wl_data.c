@@ -249,3 +249,5 @@ int ps_wl_data_part_of(const ps_wl_data *d, int64_t index) {
   default: return PS_WL_PART_COUNT;
   }
 }
+
+const char *ps_wl_data_clinical_name(const ps_wl_data *d, int64_t j) { return ps_cohort_clinical_names(d->cohort)[j]; }

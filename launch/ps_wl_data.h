@@ -60,6 +60,8 @@ double ps_wl_data_stall_seconds(const ps_wl_data *d);
 // Patient table access for outputs.
 const char *ps_wl_data_patient_id(const ps_wl_data *d, int64_t index);
 const char *ps_wl_data_cohort_name(const ps_wl_data *d, int cohort);
+// Clinical column j name (fixed-length, up to 64 bytes).
+const char *ps_wl_data_clinical_name(const ps_wl_data *d, int64_t j);
 const double *ps_wl_data_truth(const ps_wl_data *d); // (N) or NULL
 int ps_wl_data_part_of(const ps_wl_data *d, int64_t index); // ps_wl_part
 
