@@ -70,6 +70,17 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+// Every rank learns the worst status (a failure on one rank must not leave the
+// others waiting in the next collective); ranks that were fine say so.
+static ps_status agree(ps_comm *c, ps_status local) {
+  ps_status global = PS_OK;
+  PS_TRY(ps_comm_agree(c, local, &global));
+  if (global != PS_OK && local == PS_OK)
+    return ps_error_set(global, __FILE__, __LINE__, "another rank failed (%s); see rank 0's message",
+                        ps_status_name(global));
+  return global;
+}
+
 static ps_status bn_allreduce(void *ctx, double *buf, int64_t n) {
   return ps_comm_allreduce((ps_comm *)ctx, PS_IN_PLACE, buf, n, PS_F64, PS_OP_SUM);
 }
@@ -249,7 +260,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     for (int64_t i = 0; i < cur.b; i++) present_local += cur.omics_present[i] != 0;
     double recon = 0;
     ps_model_batch mb = model_batch(&cur);
-    PS_TRY(ps_model_forward(w->model, w->eta, &recon, &mb, true, ts->step));
+    PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, true, ts->step)));
     int64_t np = 0;
     for (int64_t i = 0; i < cur.b; i++) np += cur.omics_present[i] != 0;
     sse_local += recon * (double)np * (double)G;
@@ -287,16 +298,21 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     if (A > 1) {
       double r2 = 0;
       ps_model_batch mb = model_batch(&b);
-      PS_TRY(ps_model_forward(w->model, w->eta, &r2, &mb, true, ts->step));
+      PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &r2, &mb, true, ts->step)));
     }
     for (int64_t i = 0; i < b.b; i++) w->deta[i] = (float)w->grad_d[off + i];
     off += b.b;
     bool last = m == A - 1;
     if (last) PS_TRY(ps_grad_sync_begin(w->sync));
-    PS_TRY(ps_model_backward(w->model, w->deta, (float)cfg->loss.lambda_recon, last ? grad_hook : NULL,
-                             last ? &h : NULL));
+    ps_status bs = ps_model_backward(w->model, w->deta, (float)cfg->loss.lambda_recon, last ? grad_hook : NULL,
+                                     last ? &h : NULL);
+    if (bs != PS_OK && last) {
+      ps_grad_sync_timing dummy;
+      ps_grad_sync_finish(w->sync, &dummy); // let started buckets complete before agreeing
+    }
+    PS_TRY(agree(w->comm, bs));
   }
-  PS_TRY(h.s);
+  PS_TRY(agree(w->comm, h.s));
   ps_grad_sync_timing gt;
   PS_TRY(ps_grad_sync_finish(w->sync, &gt));
   double gn = 0;
@@ -331,7 +347,7 @@ static ps_status predict_part(ps_wl_model *w, ps_wl_part part, int64_t step, int
     double recon = 0;
     if (!end) {
       ps_model_batch mb = model_batch(&b);
-      PS_TRY(ps_model_forward(w->model, w->eta, &recon, &mb, false, step));
+      PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, false, step)));
       if (each) each(each_ctx, &b, w->eta, ps_model_tile_attention(w->model), ps_model_modality_attention(w->model),
                      ps_model_tokens(w->model));
       for (int64_t i = 0; i < b.b; i++, n++) {
@@ -474,8 +490,9 @@ ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_c
     if (w->spe < 1)
       s = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "train.global_batch = %d leaves no full step in the "
                        "training split (%lld patients)", cfg->train.global_batch, (long long)w->shape.n_train);
+    // The schedule spans train.epochs; train.max_steps only stops early, so a
+    // run cut by max_steps and resumed follows the same learning rates.
     w->total_steps = (int64_t)cfg->train.epochs * w->spe;
-    if (cfg->train.max_steps > 0 && cfg->train.max_steps < w->total_steps) w->total_steps = cfg->train.max_steps;
   }
   if (s == PS_OK) s = alloc_buffers(w);
   if (s == PS_OK) s = build_model(w);
