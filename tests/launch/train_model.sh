@@ -135,6 +135,18 @@ PY
   truncate -s 3000 $work/runs/other/checkpoints/ckpt-0000000002.h5
   out=$("$bin" eval --checkpoint $work/runs/other/checkpoints/ckpt-0000000002.h5 --data $work/tiny.h5 --out $work/ev3 2>&1); rc=$?
   check '[ $rc = 1 ]' "truncated checkpoint accepted by eval: $out" ;;
+cv) # sequential folds, then array-style single folds that complete the summary
+  mpi 2 "$bin" cv "$work/tiny.yaml" --quiet --set data.folds=3 --set train.epochs=1 --set log.name=seq || fail=1
+  check '[ -s $work/runs/seq/cv_summary.json ] && grep -q "\"folds\": 3" $work/runs/seq/cv_summary.json' "no cv_summary.json"
+  for k in 0 1 2; do check "[ -s $work/runs/seq/fold$k/fold_result.json ]" "fold $k has no result"; done
+  for k in 2 0; do mpi 2 "$bin" cv "$work/tiny.yaml" --quiet --set data.folds=3 --set train.epochs=1 --set log.name=arr --fold $k || fail=1; done
+  check '[ ! -e $work/runs/arr/cv_summary.json ]' "summary written before every fold finished"
+  mpi 2 "$bin" cv "$work/tiny.yaml" --quiet --set data.folds=3 --set train.epochs=1 --set log.name=arr --fold 1 || fail=1
+  check '[ -s $work/runs/arr/cv_summary.json ]' "the last array fold did not write the summary"
+  check '[ "$(grep -A3 test_c $work/runs/seq/cv_summary.json | head -1)" = "$(grep -A3 test_c $work/runs/arr/cv_summary.json | head -1)" ]' \
+    "array folds differ from sequential folds"
+  out=$("$bin" cv "$work/tiny.yaml" --set data.folds=3 --fold 3 2>&1); rc=$?
+  check '[ $rc = 2 ]' "--fold beyond data.folds accepted" ;;
 *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 [ $fail = 0 ] && echo "launch_model_$mode: ok"
