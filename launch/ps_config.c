@@ -43,7 +43,7 @@ NAMES_MATCH(backend_names, PS_CFG_BACKEND_COUNT);
 // clang-format off
 const ps_cfg_key ps_config_keys[] = {
   {"data", "path", PS_CFG_STRING, OFF(data.path), 0, 0, 0, NULL, "\"\"", "cohort HDF5 file (pansurv sim / pansurv prep output); required for training"},
-  {"data", "split", PS_CFG_ENUM, OFF(data.split), 0, 0, 0, split_names, "random", "how patients are split: random (val/test fractions, stratified by cohort x event), kfold (fold of folds is validation), site (held-out site index fold), file (split_file)"},
+  {"data", "split", PS_CFG_ENUM, OFF(data.split), 0, 0, 0, split_names, "random", "how patients are split: random (seeded, by val/test fractions), kfold (fold of folds is validation), site (held-out site index fold), file (split_file)"},
   {"data", "split_file", PS_CFG_STRING, OFF(data.split_file), 0, 0, 0, NULL, "\"\"", "CSV id,split (train/val/test or a fold number) when split is file"},
   {"data", "fold", PS_CFG_INT, OFF(data.fold), 0, 0, 1000, NULL, "0", "held-out fold (kfold) or held-out site index (site); `pansurv cv` sets it per fold"},
   {"data", "folds", PS_CFG_INT, OFF(data.folds), 0, 2, 1000, NULL, "5", "number of folds k for kfold splits and `pansurv cv`"},
@@ -94,7 +94,7 @@ const ps_cfg_key ps_config_keys[] = {
   {"train", "threads", PS_CFG_INT, OFF(train.threads), 0, 0, 4096, NULL, "0", "threads per rank (0: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or cores per local rank)"},
   {"train", "device", PS_CFG_ENUM, OFF(train.device), 0, 0, 0, device_names, "auto", "auto (GPU when built and visible), cpu or cuda"},
   {"train", "workload", PS_CFG_ENUM, OFF(train.workload), 0, 0, 0, workload_names, "model", "model: train the multimodal model; toy: a synthetic parameter vector with no data, for testing launchers, checkpoints and preemption"},
-  {"train", "max_steps", PS_CFG_INT, OFF(train.max_steps), 0, 0, 2000000000, NULL, "0", "stop after this many optimizer steps (0: epochs decide)"},
+  {"train", "max_steps", PS_CFG_INT, OFF(train.max_steps), 0, 0, 2000000000, NULL, "0", "stop after this many optimizer steps (0: epochs decide); the learning-rate schedule still spans train.epochs"},
 
   {"comm", "backend", PS_CFG_ENUM, OFF(comm.backend), 0, 0, 0, backend_names, "auto", "collective backend: auto (NCCL for GPU tensors when built), mpi or nccl"},
   {"comm", "bucket_mb", PS_CFG_FLOAT, OFF(comm.bucket_mb), 0, 0.0625, 4096, NULL, "4", "gradient all-reduce bucket size in MiB"},

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +54,23 @@ static ps_status make_split(ps_wl_data *d) {
   case PS_CFG_SPLIT_FILE: PS_TRY(ps_split_from_csv(&d->split, p, cfg->data.split_file, cfg->data.fold)); break;
   default: PS_FAIL(PS_ERR_CONFIG, "data.split %d unknown", cfg->data.split);
   }
+  // Patients with none of the enabled modalities cannot be scored by the
+  // model (unimodal baselines on cohorts with missing modalities): leave them
+  // out of every split and say how many.
+  int want[PS_MOD_COUNT] = {0};
+  for (int i = 0; i < cfg->data.n_modalities; i++) {
+    int m = cfg->data.modalities[i];
+    want[m == PS_CFG_MOD_OMICS ? PS_MOD_OMICS : m == PS_CFG_MOD_CLINICAL ? PS_MOD_CLINICAL : PS_MOD_SLIDES] = 1;
+  }
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < p->n; i++) {
+    int any = 0;
+    for (int m = 0; m < PS_MOD_COUNT; m++) any |= want[m] && p->present[i * PS_MOD_COUNT + m];
+    if (!any && d->split.part[i] != PS_SPLIT_NONE) d->split.part[i] = PS_SPLIT_NONE, dropped++;
+  }
+  if (dropped && ps_comm_rank(d->comm) == 0)
+    fprintf(stderr, "pansurv: note: %lld patients of %s have none of the enabled modalities and are left out of "
+            "every split\n", (long long)dropped, cfg->data.path);
   return ps_split_check(&d->split, p);
 }
 
