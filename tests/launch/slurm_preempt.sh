@@ -166,5 +166,25 @@ PANSURV_TOY_STEP_MS=0 mpirun -np 2 --oversubscribe "$bin" train "$work/toy.yaml"
 want=$(sed -n 's/.*"param_crc32": "\([0-9a-f]*\)".*/\1/p' "$work/runs/ref/summary.json")
 echo "preempted+requeued crc $got, uninterrupted crc $want"
 check '[ -n "$got" ] && [ "$got" = "$want" ]' "preempted run differs from an uninterrupted one"
+
+# ---- slurm/cv.sbatch (array, one fold per task) and slurm/scaling.sbatch ----
+unset PANSURV_TOY_STEP_MS
+"$bin" sim --out "$work/tiny.h5" --patients 300 --genes 30 --tiles 2 --tile-size 16 --seed 5 >/dev/null
+cat > "$work/tiny.yaml" <<YAML
+data: {path: $work/tiny.h5, folds: 2, tiles: 2}
+model: {embed_dim: 8, omics_hidden: 16, cnn_channels: [4, 4, 8], tile_size: 16, attn_hidden: 8, clinical_hidden: 8, fusion_heads: 2}
+train: {epochs: 1, global_batch: 32}
+log: {run_dir: $work/cvruns}
+YAML
+arr=$(sbatch --parsable --array=0-1 --ntasks=1 --chdir="$work/jobs" --output="$work/jobs/cv-%A_%a.txt" \
+  "$src/slurm/cv.sbatch" "$work/tiny.yaml")
+scal=$(sbatch --parsable --ntasks=2 --chdir="$work/jobs" --output="$work/jobs/scaling-%j.txt" \
+  --export=ALL,PANSURV_SCALING_DIR="$work/scaling" "$src/slurm/scaling.sbatch" "$work/toy.yaml" 4)
+echo "submitted cv array $arr and scaling job $scal"
+while [ $SECONDS -lt $deadline ] && [ -n "$(squeue -h -j "$arr,$scal" 2>/dev/null)" ]; do sleep 1; done
+check '[ -s "$work/cvruns/cv-$arr/cv_summary.json" ]' "cv array wrote no cv_summary.json: $(tail -n 3 "$work"/jobs/cv-*.txt)"
+grep -h "fold .* test C-index\|folds: test" "$work"/jobs/cv-*.txt
+check '[ "$(wc -l < "$work/scaling/scaling.csv" 2>/dev/null)" = 3 ]' "scaling.csv should have rows for 1 and 2 ranks"
+cat "$work/scaling/scaling.md" 2>/dev/null
 [ $fail = 0 ] && echo "launch_slurm_preempt: ok"
 exit $fail
