@@ -126,7 +126,7 @@ badinput)
   out=$("$bin" train "$work/toy.yaml" --resume 2>&1); rc=$?
   check '[ $rc = 2 ]' "--resume without value: exit $rc"
   out=$("$bin" train "$work/toy.yaml" --set train.workload=model --set data.path=x.h5 2>&1); rc=$?
-  check '[ $rc = 1 ] && echo "$out" | grep -q "nn module"' "model workload: $out"
+  check '[ $rc = 1 ] && echo "$out" | grep -q "x.h5: cannot open"' "missing cohort file: $out"
   printf 'not hdf5' > $work/junk.h5
   out=$("$bin" train "$work/toy.yaml" --resume $work/junk.h5 2>&1); rc=$?
   check '[ $rc = 1 ] && echo "$out" | grep -q "not a readable HDF5 file"' "junk checkpoint: $out"
