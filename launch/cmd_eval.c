@@ -476,6 +476,24 @@ int ps_cmd_eval(int argc, char **argv) {
       strncat(metrics, "/metrics.csv", sizeof metrics - strlen(metrics) - 1);
     }
     struct stat st;
+    // Test metrics with their interval go into the run's model card too.
+    char card[4400];
+    snprintf(card, sizeof card, "%.4300s", metrics);
+    char *slash = strrchr(card, '/');
+    if (slash) snprintf(slash, sizeof card - (size_t)(slash - card), "/model_card.md");
+    if (stat(card, &st) == 0) {
+      FILE *mc = fopen(card, "a");
+      if (mc) {
+        fprintf(mc, "\n## Evaluation (`pansurv eval`, %s split of %s)\n- n %lld, events %lld\n"
+                    "- Harrell C-index %.4f (95%% bootstrap CI %.4f-%.4f, %d resamples), Uno C %.4f\n"
+                    "- log-rank between risk groups split at the training-set median: p = %.3g\n",
+                split, data, (long long)n, (long long)events, hc.c, lo, hi, bootstrap, uc.c, have_lr ? lr.p : NAN);
+        for (int c = 0; c < nco; c++)
+          fprintf(mc, "- cohort %.64s: n %lld, Harrell C %.4f\n", ps_wl_data_cohort_name(wd, c), (long long)pn[c], pc[c]);
+        if (isfinite(oracle)) fprintf(mc, "- oracle C-index (true log-hazard, simulated data) %.4f\n", oracle);
+        fclose(mc);
+      }
+    }
     if (stat(metrics, &st) == 0) {
       snprintf(script, sizeof script,
                "set datafile separator ','\nset key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss'\n"

@@ -305,7 +305,7 @@ static void toy_destroy(void *w) {
 }
 
 static const ps_workload_ops toy_ops = {
-    "toy", toy_spe, toy_step, toy_validate, toy_save, toy_load, toy_verify, toy_crc, toy_destroy,
+    "toy", toy_spe, toy_step, toy_validate, toy_save, toy_load, toy_verify, toy_crc, toy_destroy, NULL,
 };
 
 ps_status ps_toy_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, ps_comm *comm) {

@@ -230,7 +230,7 @@ static void write_summary(const char *run_dir, const ps_config *cfg, ps_comm *c,
 }
 
 static void write_model_card(const char *run_dir, const ps_config *cfg, ps_comm *c, const ps_train_state *ts,
-                             const char *workload) {
+                             const char *workload, void *w, const ps_workload_ops *ops) {
   char p[PATH_MAX_];
   path_join(p, sizeof p, run_dir, "model_card.md");
   FILE *f = fopen(p, "w");
@@ -241,7 +241,9 @@ static void write_model_card(const char *run_dir, const ps_config *cfg, ps_comm 
           cfg->data.test_fraction);
   for (int i = 0; i < cfg->data.n_modalities; i++)
     fprintf(f, " %s", ps_config_enum_name("data", "modalities", cfg->data.modalities[i]));
-  fprintf(f, "\n\n## Training\n- workload: %s\n- %lld optimizer steps, %lld epochs completed, global batch %d, %d ranks\n",
+  fprintf(f, "\n");
+  if (ops->card) ops->card(w, f);
+  fprintf(f, "\n## Training\n- workload: %s\n- %lld optimizer steps, %lld epochs completed, global batch %d, %d ranks\n",
           workload, (long long)ts->step, (long long)ts->epoch, cfg->train.global_batch, ps_comm_size(c));
   fprintf(f, "- loss: Cox partial likelihood (%s ties, strata %s) + %g x omics reconstruction\n",
           ps_config_enum_name("loss", "ties", cfg->loss.ties), ps_config_enum_name("loss", "strata", cfg->loss.strata),
@@ -252,7 +254,7 @@ static void write_model_card(const char *run_dir, const ps_config *cfg, ps_comm 
   fprintf(f, "\n## Metrics\n- best validation C-index: ");
   if (isfinite(ts->best_val_c)) fprintf(f, "%.4f (epoch %lld)\n", ts->best_val_c, (long long)ts->best_epoch);
   else fprintf(f, "none recorded\n");
-  fprintf(f, "- test metrics with confidence intervals: run `pansurv eval` (metrics.json next to its plots)\n");
+  fprintf(f, "- test metrics with confidence intervals: `pansurv eval` appends them below and writes metrics.json\n");
   fprintf(f, "\n## Limitations\n- Trained on the cohorts listed above only; performance on other sites, scanners or "
              "populations is unknown until evaluated there.\n- The C-index measures ranking, not calibration.\n");
   if (!strcmp(workload, "toy"))
@@ -428,7 +430,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
   uint32_t crc = ops->param_crc(w);
   if (s == PS_OK && rank == 0) {
     write_summary(run_dir, cfg, c, &ts, &st, stopped, now_s() - t0, crc, ops->name, patients);
-    write_model_card(run_dir, cfg, c, &ts, ops->name);
+    write_model_card(run_dir, cfg, c, &ts, ops->name, w, ops);
     if (!opt->quiet) {
       printf("pansurv train: %s at step %lld; param crc32 %08x; outputs in %s\n", stopped, (long long)ts.step, crc,
              run_dir);

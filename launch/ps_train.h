@@ -9,6 +9,7 @@
 #define PS_TRAIN_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ps_comm.h"
 #include "ps_config.h"
@@ -47,6 +48,8 @@ typedef struct {
   // CRC-32 of the parameters (determinism and resume tests compare it).
   uint32_t (*param_crc)(void *w);
   void (*destroy)(void *w);
+  // Optional: markdown lines describing the data (cohorts, split sizes) for model_card.md.
+  void (*card)(void *w, FILE *f);
 } ps_workload_ops;
 
 typedef struct {

@@ -14,6 +14,7 @@
 //          accumulation), and running statistics see both passes.
 // Letters: b local patients of a micro-batch, W = A * b_max local window capacity.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -472,8 +473,20 @@ void ps_wl_model_destroy(void *vw) {
   free(w);
 }
 
+static void wl_card(void *vw, FILE *f) {
+  ps_wl_model *w = vw;
+  const ps_wl_shape *s = &w->shape;
+  fprintf(f, "- patients: %lld (train %lld, validation %lld, test %lld; patient-level split, no patient in two splits)\n",
+          (long long)s->n_total, (long long)s->n_train, (long long)s->n_val, (long long)s->n_test);
+  fprintf(f, "- cohorts (%d):", s->n_cohorts);
+  for (int c = 0; c < s->n_cohorts; c++) fprintf(f, " %.64s", ps_wl_data_cohort_name(w->data, c));
+  fprintf(f, "\n- inputs: %lld genes (top-variance on the training split), %lld clinical columns, slides as %s\n",
+          (long long)s->genes, (long long)s->clinical, s->slides == 1 ? "tiles" : s->slides == 2 ? "features" : "none");
+  fprintf(f, "- normalization statistics from the training split only\n");
+}
+
 static const ps_workload_ops model_ops = {
-    "model", wl_spe, wl_step, wl_validate, wl_save, wl_load, wl_verify, wl_crc, ps_wl_model_destroy,
+    "model", wl_spe, wl_step, wl_validate, wl_save, wl_load, wl_verify, wl_crc, ps_wl_model_destroy, wl_card,
 };
 
 ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, ps_comm *comm) {
