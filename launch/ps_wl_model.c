@@ -496,7 +496,22 @@ ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_c
   w->cfg = cfg;
   w->comm = comm;
   w->A = cfg->train.accumulation;
-  ps_status s = ps_wl_data_open(&w->data, cfg, comm, &w->shape);
+  // The model runs on host memory today: say so instead of silently using the CPU.
+  ps_status s = PS_OK;
+  if (cfg->train.device == PS_CFG_DEV_CUDA)
+    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.device: cuda is not supported by the model "
+                     "workload in this build (use cpu or auto)");
+  else if (cfg->train.precision == PS_CFG_PREC_BF16)
+    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.precision: bf16 needs the GPU path, which the "
+                     "model workload does not have yet (use fp32)");
+  else if (cfg->comm.backend == PS_CFG_BACKEND_NCCL)
+    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "comm.backend: nccl needs GPU tensors; the model "
+                     "workload trains on the CPU (use mpi or auto)");
+  if (s != PS_OK) {
+    free(w);
+    return s;
+  }
+  s = ps_wl_data_open(&w->data, cfg, comm, &w->shape);
   if (s == PS_OK) {
     w->bm = w->shape.b_max;
     w->spe = ps_wl_data_steps_per_epoch(w->data);
