@@ -105,7 +105,10 @@ static void col2im_add(float *dx, const float *col, const conv_dims *d) {
           if (ih < 0 || ih >= d->H) continue;
           float *dst = dx + (c * d->H + ih) * d->W - d->pw + kw;
           const float *row = srcc + oh * d->OW;
-          for (int64_t ow = lo; ow < hi; ow++) dst[ow * d->sw] += row[ow];
+          if (d->sw == 1) // contiguous: vectorizes
+            for (int64_t ow = lo; ow < hi; ow++) dst[ow] += row[ow];
+          else
+            for (int64_t ow = lo; ow < hi; ow++) dst[ow * d->sw] += row[ow];
         }
       }
 }

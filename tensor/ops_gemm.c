@@ -13,7 +13,7 @@
 // One thread pool owns the cores: OpenMP. OpenBLAS (the pthread build on
 // Debian) keeps its own pool whose workers spin after each call; alternating
 // OpenMP regions and threaded BLAS calls then makes the two pools fight over
-// the same cores (measured: a linear layer 5-8x slower on 2 cores). So BLAS is
+// the same cores (measured: a linear layer 2-8x slower on 2 cores). So BLAS is
 // called single-threaded, and ps_ops_sgemm splits large products across the
 // OpenMP threads itself.
 void ps_ops_set_threads(int nthreads) {

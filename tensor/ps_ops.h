@@ -20,7 +20,9 @@ int ps_ops_get_threads(void);
 
 // ---- GEMM ----------------------------------------------------------------
 // out (M, N) = alpha * op(a) · op(b) + beta * out (+ bias (N) broadcast over rows, when non-NULL)
-// op(a) is (M, K): a is (M, K) or, with trans_a, (K, M); likewise b.
+// op(a) is (M, K): a is (M, K) or, with trans_a, (K, M); likewise b. Each
+// tensor is read as a matrix (product of its leading dims, its last dim), so a
+// (B, T, K) input is a (B*T, K) matrix; likewise in/out of ps_linear_*.
 ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_tensor *b, bool trans_b,
                   const ps_tensor *bias, float alpha, float beta);
 
@@ -60,7 +62,8 @@ ps_status ps_logsumexp_backward(ps_tensor *din, const ps_tensor *dout, const ps_
                                 const ps_tensor *mask);
 
 // ---- reductions over one axis of a (A, B, C) view: axis 0..2 ------------------
-// in viewed as (outer, axis_len, inner); out has the axis removed.
+// in viewed as (outer, axis_len, inner); out has the axis removed (any in
+// of 1..4 dims with 0 <= axis < ndim; out is checked by element count).
 typedef enum { PS_REDUCE_SUM = 0, PS_REDUCE_MEAN, PS_REDUCE_COUNT } ps_reduce;
 const char *ps_reduce_name(ps_reduce r);
 ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_reduce op);

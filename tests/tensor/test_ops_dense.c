@@ -460,6 +460,55 @@ static int test_ops_device(void) {
   TU_CHECK(strstr(ps_error_message(), "expected dtype f32") != NULL, "message: %s", ps_error_message());
   ps_ops_set_threads(1);
   TU_CHECK(ps_ops_get_threads() == 1, "threads %d", ps_ops_get_threads());
+
+  // Every op dispatches on the device tag before touching memory: with all
+  // tensors tagged CUDA (over host memory here) each must refuse cleanly.
+  ps_tensor g = OT_ZEROS(64), gu8 = ot_zeros(PS_U8, PS_SHAPE(64)), gi = ot_zeros(PS_I32, PS_SHAPE(64));
+  g.device = gu8.device = gi.device = PS_CUDA;
+  ps_conv2d_params cp = {1, 1, 0, 0};
+  double sd[4], sq[4];
+  int64_t cnt = 0;
+  uint64_t streams[4] = {0};
+  ps_status st[] = {
+      ps_gemm(&g, &g, false, &g, false, &g, 1, 0),
+      ps_linear_forward(&g, &g, &g, &g),
+      ps_linear_backward(&g, &g, &g, &g, &g, &g),
+      ps_add_forward(&g, &g, &g),
+      ps_add_backward(&g, &g, &g),
+      ps_mul_forward(&g, &g, &g),
+      ps_mul_backward(&g, &g, &g, &g, &g),
+      ps_scale_forward(&g, &g, 2),
+      ps_scale_backward(&g, &g, 2),
+      ps_add_rowvec_forward(&g, &g, &g),
+      ps_add_rowvec_backward(&g, &g, &g),
+      ps_act_forward(&g, &g, PS_ACT_GELU),
+      ps_act_backward(&g, &g, &g, &g, PS_ACT_GELU),
+      ps_softmax_forward(&g, &g, &gu8),
+      ps_softmax_backward(&g, &g, &g),
+      ps_logsumexp_forward(&g, &g, &gu8),
+      ps_logsumexp_backward(&g, &g, &g, &g, &gu8),
+      ps_reduce_forward(&g, &g, 0, PS_REDUCE_SUM),
+      ps_reduce_backward(&g, &g, 0, PS_REDUCE_SUM),
+      ps_conv2d_forward(&g, &g, &g, &g, &cp, &g),
+      ps_conv2d_backward(&g, &g, &g, &g, &g, &g, &cp, &g),
+      ps_maxpool2d_forward(&g, &gi, &g, 2, 2),
+      ps_maxpool2d_backward(&g, &g, &gi),
+      ps_global_avgpool_forward(&g, &g),
+      ps_global_avgpool_backward(&g, &g),
+      ps_batchnorm_stats(sd, sq, &cnt, &g),
+      ps_batchnorm_forward_apply(&g, &g, &g, &g, &g, &g, sd, sq, 1, 1e-5f, 0.1f, &g, &g),
+      ps_batchnorm_forward_eval(&g, &g, &g, &g, &g, &g, 1e-5f),
+      ps_batchnorm_backward_reduce(sd, sq, &g, &g, &g, &g),
+      ps_batchnorm_backward_apply(&g, &g, &g, &g, &g, &g, &g, &g, sd, sq, NULL, NULL, 1),
+      ps_layernorm_forward(&g, &g, &g, &g, &g, &g, 1e-5f),
+      ps_layernorm_backward(&g, &g, &g, &g, &g, &g, &g, &g),
+      ps_dropout_forward(&g, &gu8, &g, 0.5f, 1, streams),
+      ps_dropout_backward(&g, &g, &gu8, 0.5f),
+  };
+  for (size_t i = 0; i < sizeof st / sizeof st[0]; i++)
+    TU_CHECK(st[i] == PS_ERR_UNSUPPORTED, "op #%zu with CUDA tensors returned %s, expected unsupported", i,
+             ps_status_name(st[i]));
+  printf("  %zu ops refuse CUDA tensors\n", sizeof st / sizeof st[0]);
   return 0;
 }
 
