@@ -375,11 +375,8 @@ ps_status ps_comm_allreduce(ps_comm *c, const void *send, void *recv, int64_t co
   for (int64_t off = 0; off < count; off += PS_MPI_MAX_SLICE) {
     int n = (int)(count - off < PS_MPI_MAX_SLICE ? count - off : PS_MPI_MAX_SLICE);
     const void *s = send == PS_IN_PLACE ? MPI_IN_PLACE : (const char *)send + (size_t)off * es;
-    ps_comm_watch_begin(c, "MPI_Allreduce");
-    int r = MPI_Allreduce(s, (char *)recv + (size_t)off * es, n, ps_comm_mpi_type(t), ps_comm_mpi_op(op), c->world);
-    ps_comm_watch_end(c);
-    if (r != MPI_SUCCESS)
-      PS_FAIL(PS_ERR_MPI, "MPI_Allreduce(%d x %s) failed: %s", n, ps_dtype_name(t), ps_mpi_error_string(r));
+    PS_MPI_CHECK_WATCHED(c, MPI_Allreduce(s, (char *)recv + (size_t)off * es, n, ps_comm_mpi_type(t),
+                                          ps_comm_mpi_op(op), c->world));
   }
   return PS_OK;
 }
@@ -392,12 +389,8 @@ ps_status ps_comm_allgather(ps_comm *c, const void *send, void *recv, int64_t co
   if (c->backend == PS_COMM_NCCL) return ps_comm_nccl_allgather(c, send, recv, count, t);
 #endif
   const void *s = send == PS_IN_PLACE ? MPI_IN_PLACE : send;
-  ps_comm_watch_begin(c, "MPI_Allgather");
-  int r = MPI_Allgather(s, (int)count, ps_comm_mpi_type(t), recv, (int)count, ps_comm_mpi_type(t), c->world);
-  ps_comm_watch_end(c);
-  if (r != MPI_SUCCESS)
-    PS_FAIL(PS_ERR_MPI, "MPI_Allgather(%lld x %s) failed: %s", (long long)count, ps_dtype_name(t),
-            ps_mpi_error_string(r));
+  PS_MPI_CHECK_WATCHED(c, MPI_Allgather(s, (int)count, ps_comm_mpi_type(t), recv, (int)count, ps_comm_mpi_type(t),
+                                        c->world));
   return PS_OK;
 }
 
@@ -421,13 +414,8 @@ ps_status ps_comm_allgatherv(ps_comm *c, const void *send, int64_t send_count, v
   if (c->backend == PS_COMM_NCCL) return ps_comm_nccl_allgatherv(c, send, send_count, recv, recv_counts, t);
 #endif
   const void *s = send == PS_IN_PLACE ? MPI_IN_PLACE : send;
-  ps_comm_watch_begin(c, "MPI_Allgatherv");
-  int r = MPI_Allgatherv(s, (int)send_count, ps_comm_mpi_type(t), recv, c->counts, c->displs, ps_comm_mpi_type(t),
-                         c->world);
-  ps_comm_watch_end(c);
-  if (r != MPI_SUCCESS)
-    PS_FAIL(PS_ERR_MPI, "MPI_Allgatherv(%lld x %s from rank %d) failed: %s", (long long)send_count, ps_dtype_name(t),
-            c->rank, ps_mpi_error_string(r));
+  PS_MPI_CHECK_WATCHED(c, MPI_Allgatherv(s, (int)send_count, ps_comm_mpi_type(t), recv, c->counts, c->displs,
+                                         ps_comm_mpi_type(t), c->world));
   return PS_OK;
 }
 
@@ -440,21 +428,14 @@ ps_status ps_comm_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype t, in
   size_t es = ps_dtype_size(t);
   for (int64_t off = 0; off < count; off += PS_MPI_MAX_SLICE) {
     int n = (int)(count - off < PS_MPI_MAX_SLICE ? count - off : PS_MPI_MAX_SLICE);
-    ps_comm_watch_begin(c, "MPI_Bcast");
-    int r = MPI_Bcast((char *)buf + (size_t)off * es, n, ps_comm_mpi_type(t), root, c->world);
-    ps_comm_watch_end(c);
-    if (r != MPI_SUCCESS)
-      PS_FAIL(PS_ERR_MPI, "MPI_Bcast(%d x %s, root %d) failed: %s", n, ps_dtype_name(t), root, ps_mpi_error_string(r));
+    PS_MPI_CHECK_WATCHED(c, MPI_Bcast((char *)buf + (size_t)off * es, n, ps_comm_mpi_type(t), root, c->world));
   }
   return PS_OK;
 }
 
 ps_status ps_comm_barrier(ps_comm *c) {
   PS_REQUIRE(c, "barrier: communicator is NULL");
-  ps_comm_watch_begin(c, "MPI_Barrier");
-  int r = MPI_Barrier(c->world);
-  ps_comm_watch_end(c);
-  if (r != MPI_SUCCESS) PS_FAIL(PS_ERR_MPI, "MPI_Barrier failed: %s", ps_mpi_error_string(r));
+  PS_MPI_CHECK_WATCHED(c, MPI_Barrier(c->world));
   return PS_OK;
 }
 
@@ -462,10 +443,7 @@ ps_status ps_comm_agree(ps_comm *c, ps_status local, ps_status *global) {
   PS_REQUIRE(c && global, "agree: communicator or result is NULL");
   // MAXLOC: the worst status and the lowest rank that reported it.
   struct { int status, rank; } in = {(int)local, c->rank}, res;
-  ps_comm_watch_begin(c, "status agreement (MPI_Allreduce MAXLOC)");
-  int r = MPI_Allreduce(&in, &res, 1, MPI_2INT, MPI_MAXLOC, c->world);
-  ps_comm_watch_end(c);
-  if (r != MPI_SUCCESS) PS_FAIL(PS_ERR_MPI, "MPI_Allreduce(status agreement) failed: %s", ps_mpi_error_string(r));
+  PS_MPI_CHECK_WATCHED(c, MPI_Allreduce(&in, &res, 1, MPI_2INT, MPI_MAXLOC, c->world));
   *global = (ps_status)res.status;
   // A rank that failed keeps its own message; the others learn who failed.
   if (res.status != PS_OK && local == PS_OK)
@@ -508,12 +486,9 @@ ps_status ps_comm_iallreduce(ps_comm *c, const void *send, void *recv, int64_t c
   }
 #endif
   const void *s = send == PS_IN_PLACE ? MPI_IN_PLACE : send;
-  int r = MPI_Iallreduce(s, recv, (int)count, ps_comm_mpi_type(t), ps_comm_mpi_op(op), c->world, &q->mpi);
-  if (r != MPI_SUCCESS) {
-    q->used = false;
-    PS_FAIL(PS_ERR_MPI, "MPI_Iallreduce(%lld x %s) failed: %s", (long long)count, ps_dtype_name(t),
-            ps_mpi_error_string(r));
-  }
+  q->used = false; // until the call succeeded
+  PS_MPI_CHECK(MPI_Iallreduce(s, recv, (int)count, ps_comm_mpi_type(t), ps_comm_mpi_op(op), c->world, &q->mpi));
+  q->used = true;
   *req = q;
   return PS_OK;
 }
@@ -538,9 +513,13 @@ ps_status ps_comm_wait(ps_comm_request *req) {
   ps_status s = PS_OK;
   while (s == PS_OK && !done) {
     s = ps_comm_test(req, &done);
-    if (s == PS_OK && !done && c->timeout_s > 0 && ps_comm_now() - t0 > c->timeout_s)
+    if (s == PS_OK && !done && c->timeout_s > 0 && ps_comm_now() - t0 > c->timeout_s) {
+#if PS_COMM_WITH_NCCL
+      if (req->is_nccl) ps_comm_nccl_abort(c);
+#endif
       s = ps_error_set(PS_ERR_MPI, __FILE__, __LINE__, "rank %d: asynchronous all-reduce did not complete within "
                        "%.0f s (a peer died or hangs)", c->rank, c->timeout_s);
+    }
     if (s == PS_OK && !done) sched_yield();
   }
   req->used = false;

@@ -36,10 +36,14 @@ typedef struct {
   int threads_per_rank;    // 0: from OMP_NUM_THREADS / SLURM_CPUS_PER_TASK / cores per local rank
 } ps_comm_options;
 
-// Initializes MPI if needed (singleton runs without a launcher work), reads
-// rank/size/local rank/local size/node count, binds the local rank to a GPU
-// when device == PS_CUDA. Collectives of one ps_comm are issued in the same
-// order on every rank.
+// Initializes MPI if needed (singleton runs without a launcher work; an MPI
+// initialized by someone else is reused), reads rank/size/local rank/local
+// size/node count, cross-checks the local rank against SLURM_LOCALID /
+// OMPI_COMM_WORLD_LOCAL_RANK, binds the local rank to a GPU when device ==
+// PS_CUDA. Collective: every rank fails together. Collectives of one ps_comm
+// are issued in the same order on every rank. Blocking waits are bounded by a
+// watchdog of PANSURV_COMM_TIMEOUT seconds (default 600, 0 = off): past it the
+// rank exits with status 70 (or the polling call fails) instead of hanging.
 ps_status ps_comm_init(ps_comm **out, int *argc, char ***argv, const ps_comm_options *opt);
 // Finalizes MPI if ps_comm_init initialized it.
 void ps_comm_finalize(ps_comm *c);
@@ -67,6 +71,7 @@ void ps_comm_set_compute_stream(ps_comm *c, void *cuda_stream);
 // send == PS_IN_PLACE reduces recv in place.
 ps_status ps_comm_allreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t, ps_comm_op op);
 // recv holds size * count elements, rank r's at offset r * count.
+// send == PS_IN_PLACE: this rank's slice is already at its offset in recv (also for allgatherv).
 ps_status ps_comm_allgather(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t);
 // recv_counts[r] elements from rank r, packed in rank order.
 ps_status ps_comm_allgatherv(ps_comm *c, const void *send, int64_t send_count, void *recv,
@@ -75,11 +80,15 @@ ps_status ps_comm_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype t, in
 ps_status ps_comm_barrier(ps_comm *c);
 
 // Status agreement before the next collective: every rank learns the worst
-// (highest) status of all ranks. Use it after any step that can fail on one
-// rank so that the others do not block in a collective.
+// (highest) status of all ranks in *global. Use it after any step that can
+// fail on one rank so that the others do not block in a collective. Returns
+// PS_OK unless the agreement itself failed; a rank that was fine but learns
+// of a failure gets the message "rank R failed with '<status>'" (the failing
+// rank keeps its own message). Pattern:
+//   PS_TRY(ps_comm_agree(c, s, &g)); if (g != PS_OK) return g;
 ps_status ps_comm_agree(ps_comm *c, ps_status local, ps_status *global);
 
-// Asynchronous variants.
+// Asynchronous variants (at most 64 outstanding per communicator; no malloc).
 typedef struct ps_comm_request ps_comm_request;
 ps_status ps_comm_iallreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t, ps_comm_op op,
                              ps_comm_request **req);
@@ -102,7 +111,7 @@ ps_status ps_comm_wait(ps_comm_request *req); // frees req
 // whatever the timing; every rank receives the same bits. For p = 2 this
 // equals MPI_Allreduce bit for bit (a + b == b + a in IEEE arithmetic).
 // NCCL backend: ncclAllReduce per bucket on an own NCCL communicator and
-// stream (deterministic for a fixed world size and NCCL_ALGO/NCCL_PROTO).
+// stream (its summation order is NCCL's: pin NCCL_ALGO/NCCL_PROTO to repeat).
 #define PS_GRAD_SYNC_DEFAULT_BUCKET_BYTES (2 << 20) // on this CPU MPI_Allreduce is fastest at 1-4 MB
 typedef struct ps_grad_sync ps_grad_sync;
 typedef struct {

@@ -13,6 +13,13 @@
 // and MPI's own description of the error code.
 const char *ps_mpi_error_string(int code);
 #define PS_MPI_CHECK(call) PS_CHECK_GEN(call, int, r == MPI_SUCCESS, PS_ERR_MPI, ps_mpi_error_string(r))
+// The same around a blocking call that the watchdog bounds (the watch ends
+// before the result is checked, so an error return never leaves it armed).
+#define PS_MPI_CHECK_WATCHED(c, call)                                                              \
+  do {                                                                                             \
+    ps_comm_watch_begin((c), #call);                                                               \
+    PS_CHECK_GEN(call, int, (ps_comm_watch_end(c), r == MPI_SUCCESS), PS_ERR_MPI, ps_mpi_error_string(r)); \
+  } while (0)
 
 // Outstanding asynchronous requests per communicator (a pool, so that
 // iallreduce allocates nothing inside a training step).
@@ -78,6 +85,7 @@ ps_status ps_comm_nccl_broadcast(ps_comm *c, void *buf, int64_t count, ps_dtype 
 ps_status ps_comm_nccl_iallreduce(ps_comm *c, const void *send, void *recv, int64_t count, ps_dtype t,
                                   ps_comm_op op, ps_comm_request *req);
 ps_status ps_comm_nccl_test(ps_comm_request *req, bool *done);
+void ps_comm_nccl_abort(ps_comm *c); // after a timeout: ncclCommAbort, later calls fail
 // Gradient buckets: a second NCCL communicator and stream.
 typedef struct ps_nccl_grad ps_nccl_grad;
 ps_status ps_nccl_grad_create(ps_nccl_grad **out, ps_comm *c, int nbuckets);

@@ -208,6 +208,12 @@ ps_status ps_comm_nccl_test(ps_comm_request *req, bool *done) {
   return check_async(n->comm, &n->aborted, c->rank);
 }
 
+void ps_comm_nccl_abort(ps_comm *c) {
+  ps_comm_nccl *n = c->nccl;
+  if (n && n->comm && !n->aborted) ncclCommAbort(n->comm);
+  if (n) n->aborted = true;
+}
+
 // ---- gradient buckets: their own communicator and stream --------------------
 struct ps_nccl_grad {
   ps_comm *c;

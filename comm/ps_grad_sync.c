@@ -80,14 +80,8 @@ static ps_status post_step(ps_grad_sync *s, int k) {
   int64_t rlo = chunk_lo(n, p, recv_chunk), rn = chunk_lo(n, p, recv_chunk + 1) - rlo;
   int64_t slo = chunk_lo(n, p, send_chunk), sn = chunk_lo(n, p, send_chunk + 1) - slo;
   // One tag per bucket: steps of a bucket are ordered by MPI's non-overtaking rule.
-  int r1 = MPI_Irecv(recv_to, (int)rn, MPI_FLOAT, left, k, s->comm, &bk->req[0]);
-  if (r1 != MPI_SUCCESS)
-    PS_FAIL(PS_ERR_MPI, "MPI_Irecv(bucket %d step %d, %lld floats from rank %d) failed: %s", k, step, (long long)rn,
-            left, ps_mpi_error_string(r1));
-  int r2 = MPI_Isend(g + slo, (int)sn, MPI_FLOAT, right, k, s->comm, &bk->req[1]);
-  if (r2 != MPI_SUCCESS)
-    PS_FAIL(PS_ERR_MPI, "MPI_Isend(bucket %d step %d, %lld floats to rank %d) failed: %s", k, step, (long long)sn,
-            right, ps_mpi_error_string(r2));
+  PS_MPI_CHECK(MPI_Irecv(recv_to, (int)rn, MPI_FLOAT, left, k, s->comm, &bk->req[0]));
+  PS_MPI_CHECK(MPI_Isend(g + slo, (int)sn, MPI_FLOAT, right, k, s->comm, &bk->req[1]));
   return PS_OK;
 }
 
@@ -98,9 +92,7 @@ static ps_status advance(ps_grad_sync *s, int k, bool *progressed) {
   int p = s->c->size, r = s->c->rank;
   while (bk->state == BUCKET_RUNNING) {
     int flag = 0;
-    int rc = MPI_Testall(2, bk->req, &flag, MPI_STATUSES_IGNORE);
-    if (rc != MPI_SUCCESS)
-      PS_FAIL(PS_ERR_MPI, "MPI_Testall(bucket %d step %d) failed: %s", k, bk->step, ps_mpi_error_string(rc));
+    PS_MPI_CHECK(MPI_Testall(2, bk->req, &flag, MPI_STATUSES_IGNORE));
     if (!flag) return PS_OK;
     *progressed = true;
     if (bk->step < p - 1) { // fixed order: partial (ranks k..r-1) + own
@@ -120,6 +112,13 @@ static ps_status advance(ps_grad_sync *s, int k, bool *progressed) {
   return PS_OK;
 }
 
+// Adds which bucket and ring step failed to an MPI error.
+static ps_status with_context(ps_status st, const ps_grad_sync *s, int k) {
+  if (st == PS_OK) return st;
+  return ps_error_wrap(st, "rank %d, gradient bucket %d [%lld, %lld), ring step %d of %d", s->c->rank, k,
+                       (long long)s->b[k].first, (long long)s->b[k].end, s->b[k].step, 2 * (s->c->size - 1));
+}
+
 static ps_status start_bucket(ps_grad_sync *s, int k) {
   bucket *bk = &s->b[k];
 #if PS_COMM_WITH_NCCL
@@ -135,7 +134,7 @@ static ps_status start_bucket(ps_grad_sync *s, int k) {
   }
   bk->state = BUCKET_RUNNING;
   bk->step = 0;
-  return post_step(s, k);
+  return with_context(post_step(s, k), s, k);
 }
 
 static ps_status progress(ps_grad_sync *s, bool *progressed) {
@@ -152,8 +151,14 @@ static ps_status progress(ps_grad_sync *s, bool *progressed) {
       continue;
     }
 #endif
-    PS_TRY(advance(s, k, progressed));
+    PS_TRY(with_context(advance(s, k, progressed), s, k));
   }
+  return PS_OK;
+}
+
+static ps_status dup_comm(ps_comm *c, MPI_Comm *out) {
+  PS_MPI_CHECK(MPI_Comm_dup(c->world, out));
+  PS_MPI_CHECK(MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN));
   return PS_OK;
 }
 
@@ -260,11 +265,7 @@ ps_status ps_grad_sync_create(ps_grad_sync **out, ps_comm *c, float *grads, int6
     }
   }
   if (st == PS_OK) {
-    int r = MPI_Comm_dup(c->world, &s->comm);
-    if (r == MPI_SUCCESS) r = MPI_Comm_set_errhandler(s->comm, MPI_ERRORS_RETURN);
-    if (r != MPI_SUCCESS)
-      st = ps_error_set(PS_ERR_MPI, __FILE__, __LINE__, "MPI_Comm_dup for gradient buckets failed: %s",
-                        ps_mpi_error_string(r));
+    st = dup_comm(c, &s->comm);
   }
 #if PS_COMM_WITH_NCCL
   if (st == PS_OK && c->backend == PS_COMM_NCCL) st = ps_nccl_grad_create(&s->nccl, c, s->nbuckets);

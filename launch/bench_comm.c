@@ -301,7 +301,7 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
            "count", "type", "redop", "time(us)", "algbw", "busbw", "#wrong", "time(us)", "algbw", "busbw", "#wrong",
            "time(us)", "busbw", "time(us)", "busbw", "oop", "ip");
   }
-  double rmin[2] = {1e30, 1e30}, rsum[2] = {0, 0};
+  double ratios[2][64]; // per size in 1-64 MiB, for the footer's min and median
   int rn = 0;
   // Weighted least squares of t = A + B*bytes over the out-of-place rows
   // (weights 1/t^2: relative error, so small sizes count as much as large).
@@ -318,12 +318,8 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
     double ratio[2];
     for (int ip = 0; ip < 2; ip++)
       ratio[ip] = (cl[0][ip].busbw > 0 && cl[1][ip].busbw > 0) ? cl[0][ip].busbw / cl[1][ip].busbw : -1;
-    if (bytes >= (1 << 20) && bytes <= (64 << 20) && ratio[1] > 0) {
-      for (int ip = 0; ip < 2; ip++) {
-        double r = ratio[ip] > 0 ? ratio[ip] : ratio[1];
-        rmin[ip] = r < rmin[ip] ? r : rmin[ip];
-        rsum[ip] += r;
-      }
+    if (bytes >= (1 << 20) && bytes <= (64 << 20) && ratio[1] > 0 && rn < 64) {
+      for (int ip = 0; ip < 2; ip++) ratios[ip][rn] = ratio[ip] > 0 ? ratio[ip] : ratio[1];
       rn++;
     }
     if (cl[0][0].time_us > 0) {
@@ -350,9 +346,15 @@ static ps_status run_table(bench_ctx *b, int *wrong_total) {
       fflush(stdout);
     }
   }
-  if (b->me == 0 && rn > 0)
-    printf("# busbw ours/raw over 1-64 MiB (%d sizes): out-of-place min %.1f%% mean %.1f%%, in-place min %.1f%% mean "
-           "%.1f%%\n", rn, 100 * rmin[0], 100 * rsum[0] / rn, 100 * rmin[1], 100 * rsum[1] / rn);
+  if (b->me == 0 && rn > 0) {
+    double med[2];
+    for (int ip = 0; ip < 2; ip++) {
+      qsort(ratios[ip], (size_t)rn, sizeof(double), cmp_double);
+      med[ip] = rn % 2 ? ratios[ip][rn / 2] : 0.5 * (ratios[ip][rn / 2 - 1] + ratios[ip][rn / 2]);
+    }
+    printf("# busbw ours/raw over 1-64 MiB (%d sizes): out-of-place min %.1f%% median %.1f%%, in-place min %.1f%% "
+           "median %.1f%%\n", rn, 100 * ratios[0][0], 100 * med[0], 100 * ratios[1][0], 100 * med[1]);
+  }
   double det = sw * swxx - swx * swx;
   if (b->me == 0 && o->op == OP_ALLREDUCE && b->p > 1 && nfit >= 3 && det > 0) {
     double A = (swxx * swy - swx * swxy) / det, B = (sw * swxy - swx * swy) / det;

@@ -14,9 +14,9 @@ typedef struct {
   const char *summary;
 } bench_entry;
 
-int ps_bench_gemm(int argc, char **argv); // launch/bench_gemm.c
-int ps_bench_comm(int argc, char **argv); // bench_comm.c
-int ps_bench_survival(int argc, char **argv); // bench_survival.c
+int ps_bench_gemm(int argc, char **argv);     // launch/bench_gemm.c
+int ps_bench_comm(int argc, char **argv);     // launch/bench_comm.c
+int ps_bench_survival(int argc, char **argv); // launch/bench_survival.c
 
 static const bench_entry benches[] = {
     {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},

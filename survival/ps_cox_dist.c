@@ -84,8 +84,12 @@ ps_status ps_cox_dist_loss(ps_cox_dist *d, const ps_cox_batch *local, const doub
   if (total > d->capacity)
     PS_FAIL(PS_ERR_ARG, "ps_cox_dist_loss: %lld global patients exceed the capacity %lld", (long long)total,
             (long long)d->capacity);
-  int32_t has_strata = local->stratum != NULL, strata_max;
+  int32_t has_strata = local->stratum != NULL, strata_max, strata_min;
   PS_TRY(ps_comm_allreduce(c, &has_strata, &strata_max, 1, PS_I32, PS_OP_MAX));
+  PS_TRY(ps_comm_allreduce(c, &has_strata, &strata_min, 1, PS_I32, PS_OP_MIN));
+  if (strata_min != strata_max) // same answer on every rank: all fail together
+    PS_FAIL(PS_ERR_ARG, "ps_cox_dist_loss: some ranks pass strata and others do not (rank %d: %s)", rank,
+            has_strata ? "strata" : "no strata");
   const int32_t *ls = local->stratum;
   if (!ls) {
     memset(d->lstrat, 0, (size_t)n_local * sizeof *d->lstrat);

@@ -188,9 +188,29 @@ static int test_localid_mismatch(int argc, char **argv) {
   return ps_tu_finish("localid_mismatch");
 }
 
+// Threads per rank: OMP_NUM_THREADS wins over SLURM_CPUS_PER_TASK; a malformed value is an error.
+static int test_threads(int argc, char **argv, bool bad) {
+  setenv("OMP_NUM_THREADS", bad ? "four" : "3", 1);
+  setenv("SLURM_CPUS_PER_TASK", "5", 1);
+  ps_comm *c = NULL;
+  ps_comm_options opt = {PS_COMM_MPI, PS_CPU, 0};
+  ps_status s = ps_comm_init(&c, &argc, &argv, &opt);
+  if (bad) {
+    TU_CHECK(s == PS_ERR_ARG && c == NULL, "OMP_NUM_THREADS=four accepted (%s)", ps_status_name(s));
+    TU_CHECK(strstr(ps_error_message(), "OMP_NUM_THREADS='four'") != NULL, "message: %s", ps_error_message());
+  } else {
+    TU_OK(s);
+    TU_CHECK(ps_comm_threads(c) == 3, "threads %d, want 3 from OMP_NUM_THREADS", ps_comm_threads(c));
+    ps_comm_finalize(c);
+  }
+  return ps_tu_finish(bad ? "threads_bad" : "threads");
+}
+
 int main(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "";
   if (!strcmp(what, "localid_mismatch")) return test_localid_mismatch(argc, argv);
+  if (!strcmp(what, "threads") || !strcmp(what, "threads_bad"))
+    return test_threads(argc, argv, !strcmp(what, "threads_bad"));
   ps_comm *c = NULL;
   ps_comm_options opt = {PS_COMM_MPI, PS_CPU, 0};
   TU_OK(ps_comm_init(&c, &argc, &argv, &opt));

@@ -6,7 +6,9 @@
 //    each rounding <= 2^-24 of the running sum);
 //  - a second run on the same inputs: bit-identical;
 //  - bucket order (from the end of the buffer) and overlap (a bucket
-//    completes before finish() is called).
+//    completes before finish() is called);
+//  - small all-reduces on the main communicator between ready() calls, as
+//    SyncBN and the Cox loss do, complete correctly beside buckets in flight.
 // Usage: test_comm_grad_sync [hash]  ("hash" prints a checksum of the result
 // for the two-process-runs determinism check).
 #include <math.h>
@@ -34,6 +36,12 @@ static int run_sync(ps_comm *c, float *g, ps_grad_sync_timing *tm, int check_ord
   for (int l = LAYERS - 1; l >= 0; l--) { // simulated backward: layer l's gradients become final
     int64_t first_final = (int64_t)l * N / LAYERS;
     TU_OK(ps_grad_sync_ready(s, first_final));
+    // A SyncBN / Cox-style small collective on the main communicator while buckets are in flight
+    // (on their own communicator, possibly driven by the progress thread at the same time).
+    int p = ps_comm_size(c);
+    double stat[2] = {1.0 + ps_comm_rank(c), (double)l}, want = p * (p + 1) / 2.0;
+    TU_OK(ps_comm_allreduce(c, PS_IN_PLACE, stat, 2, PS_F64, PS_OP_SUM));
+    TU_CHECK(stat[0] == want && stat[1] == (double)l * p, "layer %d: small all-reduce gave %g %g", l, stat[0], stat[1]);
     if (check_order)
       for (int k = 0; k < nb; k++) {
         int64_t lo, hi;

@@ -79,6 +79,14 @@ int main(int argc, char **argv) {
     ps_status s = ps_cox_dist_loss(d, &local, leta, PS_COX_EFRON, &got, grad);
     TU_CHECK(s != PS_OK, "rank %d: a negative time on rank %d was accepted", rank, R - 1);
   }
+  // Strata on some ranks only: an error on every rank (when R > 1).
+  if (R > 1) {
+    ltime[0] = 1.0, levent[0] = 1, lindex[0] = rank, leta[0] = 0, lstrat[0] = 0;
+    ps_cox_batch local = {1, ltime, levent, rank == 0 ? lstrat : NULL, lindex};
+    ps_cox_result got;
+    TU_CHECK(ps_cox_dist_loss(d, &local, leta, PS_COX_EFRON, &got, grad) == PS_ERR_ARG,
+             "rank %d: mixed strata presence accepted", rank);
+  }
   ps_cox_dist_destroy(d);
   ps_cox_work_destroy(w);
   int rc = ps_tu_finish("survival_cox_dist");
