@@ -146,12 +146,16 @@ typedef struct {
   int64_t *per_cohort; // (n_cohorts) patients
   int64_t *per_site;   // (n_sites) patients
   int64_t *per_cohort_events;
+  char (*cohort_names)[PS_DATA_NAME_LEN]; // (n_cohorts)
+  char (*site_names)[PS_DATA_NAME_LEN];   // (n_sites)
 } ps_data_summary;
 
 // Full validation of FILE: datasets, shapes, types and values. Collective;
 // each rank checks a slice of the bulk arrays. On failure the message names
-// the dataset and the first offending patient ids; status is PS_ERR_FORMAT
-// (structure) or PS_ERR_DATA (values). summary may be NULL.
+// the dataset and the first offending patient ids; status is PS_ERR_IO (cannot
+// open), PS_ERR_FORMAT (not HDF5, wrong pansurv_format, missing dataset, wrong
+// type or shape), PS_ERR_DATA (values) or PS_ERR_HDF5 (a read failed, e.g. a
+// chunk checksum). summary may be NULL (else free with ps_data_summary_free).
 ps_status ps_data_validate(const char *path, MPI_Comm comm, ps_data_summary *summary);
 void ps_data_summary_free(ps_data_summary *s);
 
@@ -165,7 +169,7 @@ typedef struct {
 } ps_split;
 
 // k-fold stratified by cohort x event: fold `fold` is test, fold (fold+1)%k is
-// validation, the rest train. Deterministic from seed.
+// validation (none when k = 2), the rest train. Deterministic from seed.
 ps_status ps_split_kfold(ps_split *s, const ps_patients *p, int k, int fold, uint64_t seed);
 // Site-held-out: patients of the listed sites are test; a stratified
 // `val_fraction` of the remaining patients is validation.
@@ -200,7 +204,7 @@ void ps_norm_free(ps_norm *nm);
 size_t ps_norm_serialized_size(const ps_norm *nm);
 ps_status ps_norm_serialize(const ps_norm *nm, void *buf, size_t len);
 ps_status ps_norm_deserialize(ps_norm *nm, const void *buf, size_t len);
-// In place on rows of raw values: omics (n, G) -> (n, Gs) in `out`; clinical (n, C).
+// Applies the statistics: omics raw (n, G) -> out (n, Gs); clinical (n, C) in place (NaN -> 0).
 void ps_norm_apply_omics(const ps_norm *nm, const float *raw, int64_t n, float *out);
 void ps_norm_apply_clinical(const ps_norm *nm, float *x, int64_t n);
 
@@ -208,6 +212,7 @@ void ps_norm_apply_clinical(const ps_norm *nm, float *x, int64_t n);
 typedef enum {
   PS_SAMPLER_UNIFORM = 0,   // seeded shuffle of the split each epoch
   PS_SAMPLER_STRATIFIED,    // each global batch: >= min_per_stratum patients of each cohort it draws
+                            // (a cohort with fewer in the whole part comes as one group); sizes vary <= B
   PS_SAMPLER_EVENT_BALANCED,// each global batch: >= min_events events (when the split has them)
   PS_SAMPLER_SEQUENTIAL,    // split order, no shuffle (evaluation)
   PS_SAMPLER_COUNT
@@ -226,7 +231,7 @@ typedef struct {
   int min_per_stratum;    // PS_SAMPLER_STRATIFIED
   int min_events;         // PS_SAMPLER_EVENT_BALANCED
   bool augment;           // flips, 90-degree rotations, brightness/contrast/hue jitter
-  bool drop_last;         // drop a final partial global batch
+  bool drop_last;         // drop a final partial global batch (uniform, sequential, event_balanced)
   bool prefetch;          // background thread, double buffered
   uint64_t seed;
 } ps_loader_options;
@@ -264,6 +269,9 @@ void ps_loader_destroy(ps_loader *l);
 int64_t ps_loader_steps_per_epoch(const ps_loader *l);
 // Starts an epoch (the order comes from (seed, epoch) only).
 ps_status ps_loader_begin_epoch(ps_loader *l, int64_t epoch);
+// Starts an epoch at step `step` (resuming from a mid-epoch checkpoint): the batches that follow are
+// exactly those an uninterrupted epoch would give from that step on.
+ps_status ps_loader_begin_epoch_at(ps_loader *l, int64_t epoch, int64_t step);
 // Next batch of the epoch, *out = NULL at the end. Not collective: reads are independent.
 ps_status ps_loader_next(ps_loader *l, const ps_batch **out);
 // Waits for an in-flight prefetch (call before other HDF5 use).

@@ -269,10 +269,14 @@ static ps_status summarize(const ps_cohort *c, ps_data_summary *s) {
   s->per_cohort = ps_xcalloc((size_t)in->n_cohorts, sizeof(int64_t));
   s->per_cohort_events = ps_xcalloc((size_t)in->n_cohorts, sizeof(int64_t));
   s->per_site = ps_xcalloc((size_t)in->n_sites, sizeof(int64_t));
-  if (!s->per_cohort || !s->per_site || !s->per_cohort_events) {
+  s->cohort_names = ps_xcalloc((size_t)in->n_cohorts, PS_DATA_NAME_LEN);
+  s->site_names = ps_xcalloc((size_t)in->n_sites, PS_DATA_NAME_LEN);
+  if (!s->per_cohort || !s->per_site || !s->per_cohort_events || !s->cohort_names || !s->site_names) {
     ps_data_summary_free(s);
     PS_FAIL(PS_ERR_MEM, "summary");
   }
+  memcpy(s->cohort_names, p->cohort_names, (size_t)in->n_cohorts * PS_DATA_NAME_LEN);
+  memcpy(s->site_names, p->site_names, (size_t)in->n_sites * PS_DATA_NAME_LEN);
   for (int64_t i = 0; i < p->n; i++) {
     s->events += p->event[i];
     s->per_cohort[p->cohort[i]]++;
@@ -300,6 +304,7 @@ ps_status ps_data_validate(const char *path, MPI_Comm comm, ps_data_summary *sum
 
 void ps_data_summary_free(ps_data_summary *s) {
   if (!s) return;
-  free(s->per_cohort), free(s->per_site), free(s->per_cohort_events);
+  free(s->per_cohort), free(s->per_site), free(s->per_cohort_events), free(s->cohort_names), free(s->site_names);
   s->per_cohort = s->per_site = s->per_cohort_events = NULL;
+  s->cohort_names = s->site_names = NULL;
 }

@@ -140,6 +140,7 @@ static ps_status write_rows(writer *w, const char *name, hid_t ftype, hid_t mtyp
     chunk[0] = chunk_rows < dims[0] ? chunk_rows : dims[0];
     for (int i = 1; i < ndim; i++) chunk[i] = dims[i];
     H5Pset_chunk(dcpl, ndim, chunk);
+    H5Pset_fletcher32(dcpl); // every chunk carries a checksum that HDF5 verifies on read
     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
   }
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -150,6 +151,11 @@ static ps_status write_rows(writer *w, const char *name, hid_t ftype, hid_t mtyp
   if (dset < 0) {
     H5Sclose(space);
     PS_FAIL(PS_ERR_HDF5, "cannot create dataset %s", name);
+  }
+  if (dims[0] == 0 || row_elems == 0) { // nothing to write (e.g. no genes); same decision on every rank
+    H5Sclose(space);
+    H5Dclose(dset);
+    return PS_OK;
   }
   hsize_t start[4] = {0}, cnt[4];
   start[0] = (hsize_t)first;
@@ -211,9 +217,10 @@ static ps_status write_body(writer *w, const ps_cohort_data *d) {
   hsize_t nc = (hsize_t)d->n_cohorts, ns = (hsize_t)d->n_sites;
   W(write_all0(w, "/patients/cohort_names", sname, sname, 1, &nc, d->cohort_names));
   W(write_all0(w, "/patients/site_names", sname, sname, 1, &ns, d->site_names));
-  // omics: chunks of ~1 MiB of whole rows
+  // omics: chunks of whole rows
   hsize_t om[2] = {n, (hsize_t)d->g};
-  hsize_t om_chunk = d->g > 0 ? (hsize_t)(1 << 18) / (hsize_t)d->g : 1;
+  // ~64 KiB of whole rows: a random patient row costs one small chunk read, not a large one
+  hsize_t om_chunk = d->g > 0 ? (hsize_t)(1 << 14) / (hsize_t)d->g : 1;
   if (om_chunk < 1) om_chunk = 1;
   W(write_rows(w, "/omics/rnaseq", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, om, om_chunk, first, count,
                d->omics));
@@ -221,7 +228,7 @@ static ps_status write_body(writer *w, const ps_cohort_data *d) {
   W(write_all0(w, "/omics/genes", sname, sname, 1, &g, d->genes));
   W(write_all0(w, "/omics/present", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, &n, d->omics_present));
   hsize_t cl[2] = {n, (hsize_t)d->c};
-  hsize_t cl_chunk = d->c > 0 ? (hsize_t)(1 << 16) / (hsize_t)d->c : 1;
+  hsize_t cl_chunk = d->c > 0 ? (hsize_t)(1 << 14) / (hsize_t)d->c : 1;
   if (cl_chunk < 1) cl_chunk = 1;
   W(write_rows(w, "/clinical/x", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, cl, cl_chunk, first, count,
                d->clinical));
@@ -514,10 +521,22 @@ static ps_status read_table(ps_cohort *c) {
   return st;
 }
 
+// Chunk cache for the per-patient tables: up to 64 MiB, so that after one epoch the omics and clinical
+// rows are served from memory (tiles are one chunk per tile and read once per use: no cache).
+static hid_t row_cache_dapl(const ps_cohort_info *info, int64_t width) {
+  hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+  size_t bytes = (size_t)info->n * (size_t)width * sizeof(float) + (1u << 20);
+  if (bytes > (64u << 20)) bytes = 64u << 20;
+  H5Pset_chunk_cache(dapl, 100003, bytes, 1.0);
+  return dapl;
+}
+
 ps_status ps_h5_bulk_open(ps_h5_bulk *b, hid_t file, const ps_cohort_info *info) {
   b->file = file;
-  b->omics = H5Dopen2(file, "/omics/rnaseq", H5P_DEFAULT);
-  b->clinical = H5Dopen2(file, "/clinical/x", H5P_DEFAULT);
+  hid_t da = row_cache_dapl(info, info->g), dc = row_cache_dapl(info, info->c);
+  b->omics = H5Dopen2(file, "/omics/rnaseq", da);
+  b->clinical = H5Dopen2(file, "/clinical/x", dc);
+  H5Pclose(da), H5Pclose(dc);
   b->tiles = info->slides == PS_SLIDES_TILES ? H5Dopen2(file, "/slides/tiles", H5P_DEFAULT) : -1;
   b->features = info->slides == PS_SLIDES_FEATURES ? H5Dopen2(file, "/slides/features", H5P_DEFAULT) : -1;
   b->dxpl = H5Pcreate(H5P_DATASET_XFER);
@@ -626,8 +645,9 @@ ps_status ps_h5_read_rows(hid_t dset, hid_t dxpl, hid_t memtype, const int64_t *
     H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, cnt, NULL);
     hid_t ms = H5Screate_simple(rank, cnt, NULL);
     if (H5Dread(dset, memtype, ms, fs, dxpl, o + (size_t)i * (size_t)row_elems * esz) < 0)
-      st = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "cannot read %s rows [%lld, %lld)", name,
-                        (long long)rows[i], (long long)rows[j - 1] + 1);
+      st = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "cannot read %s rows [%lld, %lld): a chunk failed its "
+                        "Fletcher-32 checksum (corrupt file) or the read failed", name, (long long)rows[i],
+                        (long long)rows[j - 1] + 1);
     H5Sclose(ms);
     i = j;
   }

@@ -112,8 +112,7 @@ static ps_status plan_epoch(ps_loader *l, int64_t epoch) {
     ps_rng rc = ps_rng_make(l->o.seed, ps_rng_stream(PS_RNG_SHUFFLE, (uint64_t)epoch, 2, 0));
     shuffle(tmp, ne, &re, ord);
     shuffle(tmp + ne, nc, &rc, ord);
-    nb = l->o.drop_last ? n / B : (n + B - 1) / B;
-    if (nb == 0) nb = 1;
+    nb = l->o.drop_last ? n / B : (n + B - 1) / B; // drop_last with n < B: no batch at all
     int64_t used = l->o.drop_last ? nb * B : n, ie = 0, ic = 0, pos = 0;
     for (int64_t b = 0; b < nb; b++) {
       int64_t size = (b + 1) * used / nb - b * used / nb;
@@ -519,7 +518,7 @@ void ps_loader_destroy(ps_loader *l) {
   free(l);
 }
 
-ps_status ps_loader_begin_epoch(ps_loader *l, int64_t epoch) {
+ps_status ps_loader_begin_epoch_at(ps_loader *l, int64_t epoch, int64_t step) {
   PS_TRY(ps_loader_quiesce(l));
   if (l->thread_started) {
     pthread_mutex_lock(&l->mu);
@@ -527,10 +526,15 @@ ps_status ps_loader_begin_epoch(ps_loader *l, int64_t epoch) {
     pthread_mutex_unlock(&l->mu);
   }
   PS_TRY(plan_epoch(l, epoch));
+  PS_REQUIRE(step >= 0 && step <= l->steps, "loader: step %lld outside epoch %lld's [0, %lld]", (long long)step,
+             (long long)epoch, (long long)l->steps);
+  l->step = step;
   l->cur = 0;
-  if (l->thread_started && l->steps > 0) launch_job(l, 0, 0);
+  if (l->thread_started && step < l->steps) launch_job(l, 0, step);
   return PS_OK;
 }
+
+ps_status ps_loader_begin_epoch(ps_loader *l, int64_t epoch) { return ps_loader_begin_epoch_at(l, epoch, 0); }
 
 ps_status ps_loader_next(ps_loader *l, const ps_batch **out) {
   *out = NULL;

@@ -20,6 +20,7 @@ static const double BETA[Z_COUNT] = {0.55, 0.35, 0.55, 0.35, 0.35, 0.0, 0.0};
 #define MEDIAN_DAYS 1200.0
 #define COHORT_BASELINE_SD 0.5 // SD of log baseline hazard across cohorts
 #define BACKGROUND_TILE_RATE 0.2
+#define SIM_MAX_TILE 1024 // largest tile side
 // Omics factors that load on genes.
 static const int OMICS_Z[] = {Z_OM0, Z_OM1, Z_SHARED, Z_NUIS0, Z_NUIS1};
 #define N_OMICS_Z 5
@@ -211,15 +212,19 @@ static void render_tile(const ps_sim_options *o, int64_t p, int j, const patient
   if (background) bg[0] = 243, bg[1] = 238, bg[2] = 241;
   double nuc[3] = {92 + 22 * L->z[Z_SHARED], 48, 128 - 22 * L->z[Z_SHARED]}; // hue follows the shared factor
   uint32_t hseed = ps_rng_u32(&r, 1);
-  for (int y = 0; y < s; y++)
+  // faint fibre texture in stroma: 10 sin(0.35 x + 0.21 y + phase), by the angle-sum rule (no sin per pixel)
+  double sx[SIM_MAX_TILE], cx[SIM_MAX_TILE], phase = (double)(hseed & 0xFF);
+  for (int x = 0; x < s; x++) sx[x] = sin(0.35 * x), cx[x] = cos(0.35 * x);
+  for (int y = 0; y < s; y++) {
+    double sy = sin(0.21 * y + phase), cy = cos(0.21 * y + phase);
     for (int x = 0; x < s; x++) {
       uint32_t h = hash32(hseed ^ (uint32_t)(y * s + x) * 0x9E3779B1u);
       double noise = (double)(h & 0xFF) / 255.0 - 0.5;
-      // faint fibre texture in stroma
-      double fibre = background ? 0 : 10.0 * sin(0.35 * (x + 0.6 * y) + (double)(hseed & 0xFF));
+      double fibre = background ? 0 : 10.0 * (sx[x] * cy + cx[x] * sy);
       uint8_t *px = img + ((size_t)y * s + x) * 3;
       for (int ch = 0; ch < 3; ch++) px[ch] = clamp_u8(bg[ch] + fibre * (ch == 1 ? 1.0 : 0.5) + 12 * noise + site_shift[ch]);
     }
+  }
   // density: ~14 nuclei per 32x32 at z = 0, area-scaled; size in tile units so the signal is resolution-free
   double area = (double)s * s / (32.0 * 32.0);
   double dens = background ? 0.5 : 14.0 * exp(0.55 * L->z[Z_SL0]);
@@ -258,7 +263,8 @@ ps_status ps_sim_generate(ps_cohort_data *d, const ps_sim_options *o, int64_t fi
              "K=%d P=%d)", (long long)o->patients, o->cohorts, o->sites, (long long)o->genes, o->tiles, o->tile_size);
   PS_REQUIRE(o->censoring >= 0 && o->censoring < 1, "sim: --censoring must be in [0, 1), got %g", o->censoring);
   PS_REQUIRE(o->missing >= 0 && o->missing < 1, "sim: --missing must be in [0, 1), got %g", o->missing);
-  PS_REQUIRE(o->cohorts <= 99 && o->sites <= 9999, "sim: at most 99 cohorts and 9999 sites");
+  PS_REQUIRE(o->cohorts <= 99 && o->sites <= 9999 && o->tile_size <= SIM_MAX_TILE,
+             "sim: at most 99 cohorts, 9999 sites and tiles of %d pixels", SIM_MAX_TILE);
   int64_t n = o->patients;
   int64_t c_cols = 3 + o->cohorts; // age, stage, sex, cohort one-hot
   patient_latent *lat = ps_xcalloc((size_t)n, sizeof *lat);

@@ -37,9 +37,10 @@ int ps_cmd_check(int argc, char **argv) {
              (long long)s.present[1], (long long)s.present[2]);
       printf("  per cohort (patients / events):");
       for (int i = 0; i < in->n_cohorts; i++)
-        printf(" %d:%lld/%lld", i, (long long)s.per_cohort[i], (long long)s.per_cohort_events[i]);
+        printf(" %.*s %lld/%lld", PS_DATA_NAME_LEN, s.cohort_names[i], (long long)s.per_cohort[i],
+               (long long)s.per_cohort_events[i]);
       printf("\n  per site (patients):");
-      for (int i = 0; i < in->n_sites; i++) printf(" %d:%lld", i, (long long)s.per_site[i]);
+      for (int i = 0; i < in->n_sites; i++) printf(" %.*s %lld", PS_DATA_NAME_LEN, s.site_names[i], (long long)s.per_site[i]);
       printf("\n");
     }
     ps_data_summary_free(&s);

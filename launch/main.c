@@ -18,6 +18,7 @@ static const ps_command commands[] = {
     {"metrics", ps_cmd_metrics, "C-indices, td-AUC, Brier/IBS, Kaplan-Meier, log-rank on a CSV"},
     {"sim", ps_cmd_sim, "simulate a multimodal cohort with known ground truth"},
     {"check", ps_cmd_check, "validate a cohort file and summarize it"},
+    {"prep", ps_cmd_prep, "build a cohort file from clinical, RNA-seq and slide files"},
 };
 
 static void usage(FILE *f) {

@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(build-essential cmake pkg-config git ca-certificates
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-      libyaml-dev libopenblas-dev libopenslide-dev gnuplot-nox)
+      libyaml-dev libopenblas-dev libopenslide-dev zlib1g-dev gnuplot-nox)
 case "${1:-build}" in
   test) want+=(libvips-tools slurm-wlm munge python3 clang libclang-rt-14-dev procps) ;;
   demo) want+=(python3) ;;   # scripts/demo.sh glues the baseline with python3 (stdlib only)

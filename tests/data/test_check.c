@@ -45,7 +45,7 @@ static int run_cli(const char *path, char *out, size_t len) {
 }
 
 typedef enum { DEF_TYPE, DEF_NEG_TIME, DEF_DUP_ID, DEF_OFFSETS, DEF_MISSING, DEF_NOT_HDF5, DEF_FORMAT, DEF_NAN_OMICS,
-               DEF_COORDS, DEF_EVENT, DEF_COUNT } defect;
+               DEF_COORDS, DEF_EVENT, DEF_CHECKSUM, DEF_COUNT } defect;
 static const struct {
   const char *name;
   ps_status status;
@@ -61,6 +61,7 @@ static const struct {
     {"NaN omics", PS_ERR_DATA, {"/omics/rnaseq", "NaN", "TCGA-FX-0007"}},
     {"coords outside slide", PS_ERR_DATA, {"/slides/coords", "outside", "TCGA-FX-0005"}},
     {"event not 0/1", PS_ERR_DATA, {"/patients/event", "0 or 1", "TCGA-FX-0001"}},
+    {"flipped byte in a chunk", PS_ERR_HDF5, {"/omics/rnaseq", "checksum", NULL}},
 };
 _Static_assert(sizeof cases / sizeof cases[0] == DEF_COUNT, "one case per defect");
 
@@ -130,6 +131,23 @@ static int corrupt(const char *path, defect k) {
     ev[1] = 2;
     H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, ev);
     H5Dclose(d);
+  }
+  if (k == DEF_CHECKSUM) { // flip one byte inside the first omics chunk, behind HDF5's back
+    hid_t d = H5Dopen2(f, "/omics/rnaseq", H5P_DEFAULT);
+    hsize_t origin[2] = {0, 0}, size = 0;
+    haddr_t addr = 0;
+    unsigned mask = 0;
+    H5Dget_chunk_info_by_coord(d, origin, &mask, &addr, &size);
+    H5Dclose(d);
+    H5Fclose(f);
+    FILE *raw = fopen(path, "r+b");
+    if (!raw || size < 8) return 1;
+    fseek(raw, (long)addr + 5, SEEK_SET);
+    int byte = fgetc(raw);
+    fseek(raw, (long)addr + 5, SEEK_SET);
+    fputc(byte ^ 0x10, raw);
+    fclose(raw);
+    return 0;
   }
   H5Fclose(f);
   return 0;

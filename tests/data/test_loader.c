@@ -176,6 +176,25 @@ static int run_file(const char *path, int k_tiles, ps_bag_mode bag) {
       if (rank == 0) TU_OK(ps_loader_create(&lr, cs, &sp, &nw, &ro, MPI_COMM_SELF));
       for (int64_t e = 0; e < 2; e++)
         if (compare_epoch(lw, lr, e, p, &o, n_train)) return 1;
+      // resume mid-epoch: begin_epoch_at(e, 2) gives the batches an uninterrupted epoch gives from step 2 on
+      ps_loader *lseek = pf ? lw : lr; // with prefetch: every rank checks its own share
+      if ((pf || rank == 0) && smp == PS_SAMPLER_UNIFORM) {
+        ps_loader *lr = lseek;
+        const ps_batch *b;
+        int64_t idx_full[64], n_full = 0, idx_seek[64], n_seek = 0;
+        TU_OK(ps_loader_begin_epoch(lr, 5));
+        for (int s = 0; s < 3; s++) TU_OK(ps_loader_next(lr, &b));
+        memcpy(idx_full, b->index, (size_t)b->b * 8), n_full = b->b;
+        float t_full = b->tiles ? b->tiles[7] : b->features ? b->features[3] : b->omics[1];
+        TU_OK(ps_loader_begin_epoch_at(lr, 5, 2));
+        TU_OK(ps_loader_next(lr, &b));
+        memcpy(idx_seek, b->index, (size_t)b->b * 8), n_seek = b->b;
+        float t_seek = b->tiles ? b->tiles[7] : b->features ? b->features[3] : b->omics[1];
+        TU_CHECK(b->step == 2 && n_full == n_seek && !memcmp(idx_full, idx_seek, (size_t)n_full * 8) && t_full == t_seek,
+                 "resumed step 2 differs from the uninterrupted one");
+        TU_CHECK(ps_loader_begin_epoch_at(lr, 5, 1000) == PS_ERR_ARG, "step beyond the epoch");
+        TU_OK(ps_loader_quiesce(lr));
+      }
       ps_loader_destroy(lw);
       ps_loader_destroy(lr);
     }
@@ -236,8 +255,15 @@ static int run_file(const char *path, int k_tiles, ps_bag_mode bag) {
 }
 
 int main(int argc, char **argv) {
-  int provided;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  // With MPI_THREAD_MULTIPLE (what comm's progress thread asks for) the prefetch thread reads through the
+  // MPI-IO handle; otherwise through its own POSIX handle. argv[1] == "multiple" selects the former.
+  int provided, want = argc > 1 && !strcmp(argv[1], "multiple") ? MPI_THREAD_MULTIPLE : MPI_THREAD_FUNNELED;
+  MPI_Init_thread(&argc, &argv, want, &provided);
+  if (provided < want) {
+    fprintf(stderr, "data_loader: MPI gives thread level %d < %d\n", provided, want);
+    MPI_Finalize();
+    return 1;
+  }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   int pid = (int)getpid();
