@@ -200,6 +200,25 @@ void ps_nn_conv2d_backward(float *din, float *dw, float *db, const float *dout, 
       }
 }
 
+// Sum and sum of squares of x (n): 8 float lanes per block of up to 1024 elements (the loop
+// vectorizes without -ffast-math), blocks accumulated in double. Fixed order: deterministic.
+static void sum_sumsq(const float *x, int64_t n, double *s, double *ss) {
+  double ds = 0, dss = 0;
+  for (int64_t b0 = 0; b0 < n; b0 += 1024) {
+    int64_t b1 = b0 + 1024 < n ? b0 + 1024 : n, i = b0;
+    float a[8] = {0}, q[8] = {0};
+    for (; i + 8 <= b1; i += 8)
+      for (int l = 0; l < 8; l++) {
+        a[l] += x[i + l];
+        q[l] += x[i + l] * x[i + l];
+      }
+    for (; i < b1; i++) ds += x[i], dss += (double)x[i] * x[i];
+    for (int l = 0; l < 8; l++) ds += a[l], dss += q[l];
+  }
+  *s = ds;
+  *ss = dss;
+}
+
 // ---- BatchNorm -------------------------------------------------------------------------------
 ps_status ps_nn_bn_finish_stats(float *mean, float *rstd, float *running_mean, float *running_var, int64_t c,
                                 const ps_nn_bn_opts *o, double *stats) {
@@ -212,7 +231,10 @@ ps_status ps_nn_bn_finish_stats(float *mean, float *rstd, float *running_mean, f
   }
   if (o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, stats, 2 * c + 1));
   double cnt = stats[2 * c];
-  if (!(cnt > 0)) PS_FAIL(PS_ERR_DATA, "batchnorm: no element in the (global) batch to normalize over");
+  if (!(cnt > 0)) { // no element anywhere (e.g. no patient of the global batch has a slide): nothing to normalize
+    for (int64_t j = 0; j < c; j++) mean[j] = 0.0f, rstd[j] = 1.0f;
+    return PS_OK;
+  }
   for (int64_t j = 0; j < c; j++) {
     double m = stats[j] / cnt, var = stats[c + j] / cnt - m * m;
     if (var < 0) var = 0;
@@ -234,12 +256,8 @@ ps_status ps_nn_batchnorm_forward(float *out, float *mean, float *rstd, const fl
     memset(stats, 0, (size_t)(2 * c + 1) * sizeof(double));
     for (int64_t i = 0; i < n; i++)
       for (int64_t j = 0; j < c; j++) {
-        const float *x = in + (i * c + j) * hw;
-        double s = 0, ss = 0;
-        for (int64_t k = 0; k < hw; k++) {
-          s += x[k];
-          ss += (double)x[k] * x[k];
-        }
+        double s, ss;
+        sum_sumsq(in + (i * c + j) * hw, hw, &s, &ss);
         stats[j] += s;
         stats[c + j] += ss;
       }
@@ -414,6 +432,8 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
   const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2;
   PS_REQUIRE(h % 2 == 0 && wd % 2 == 0, "conv block: input %lldx%lld must be even for 2x2 pooling", (long long)h,
              (long long)wd);
+  PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
+             (long long)oc, o->groups);
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
 #pragma omp parallel for schedule(static)
@@ -424,27 +444,35 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
     im2col(cl, in + i * c * hw, c, h, wd, 3);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)oc, (int)hw, (int)ck, 1.0f, w, (int)ck, cl, (int)hw,
                 0.0f, zi, (int)hw);
-    if (o->training) // BN statistics while the tile's output is hot in cache
+    if (o->groups > 0) { // GroupNorm: per-tile statistics over (OC/groups channels, H, W)
+      const int64_t cg = oc / o->groups;
+      for (int64_t g = 0; g < o->groups; g++) {
+        double sm, ss;
+        sum_sumsq(zi + g * cg * hw, cg * hw, &sm, &ss);
+        double m = sm / (double)(cg * hw), var = ss / (double)(cg * hw) - m * m;
+        mean[i * o->groups + g] = (float)m;
+        rstd[i * o->groups + g] = (float)(1.0 / sqrt((var > 0 ? var : 0) + o->eps));
+      }
+    } else if (o->training) // BN statistics while the tile's output is hot in cache
       for (int64_t j = 0; j < oc; j++) {
-        double sm = 0, ss = 0;
-        for (int64_t k = 0; k < hw; k++) {
-          float v = zi[j * hw + k];
-          sm += v;
-          ss += (double)v * v;
-        }
+        double sm, ss;
+        sum_sumsq(zi + j * hw, hw, &sm, &ss);
         st[j] += sm;
         st[oc + j] += ss;
       }
   }
-  for (int t = 1; t < nth; t++)
-    for (int64_t j = 0; j < 2 * oc; j++) s->stats[j] += s->stats[t * (2 * oc + 1) + j];
-  s->stats[2 * oc] = (double)(n * hw);
-  PS_TRY(ps_nn_bn_finish_stats(mean, rstd, running_mean, running_var, oc, o, s->stats));
-  // BN + ReLU + 2x2 max-pool in one pass; the normalized map is never stored.
+  if (o->groups <= 0) {
+    for (int t = 1; t < nth; t++)
+      for (int64_t j = 0; j < 2 * oc; j++) s->stats[j] += s->stats[t * (2 * oc + 1) + j];
+    s->stats[2 * oc] = (double)(n * hw);
+    PS_TRY(ps_nn_bn_finish_stats(mean, rstd, running_mean, running_var, oc, o, s->stats));
+  }
+  // Norm + ReLU + 2x2 max-pool in one pass; the normalized map is never stored.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++)
     for (int64_t j = 0; j < oc; j++) {
-      float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc;
+      int64_t si = o->groups > 0 ? i * o->groups + j / (oc / o->groups) : j; // statistics index
+      float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
       const float *zz = z + (i * oc + j) * hw;
       float *po = pool_out + (i * oc + j) * oh * ow;
       uint8_t *am = argmax + (i * oc + j) * oh * ow;
@@ -464,6 +492,68 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
   return PS_OK;
 }
 
+// GroupNorm variant of the block backward: everything is per tile, so one pass per tile
+// (unpool + ReLU mask, group sums, dz, conv GEMMs); gamma/beta gradients in per-thread doubles.
+static ps_status groupnorm_block_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz,
+                                          const float *dpool, const uint8_t *argmax, const float *z,
+                                          const float *mean, const float *rstd, const float *in, const float *w,
+                                          const float *gamma, const float *beta, const ps_nn_convblock_dims *d,
+                                          const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, G = o->groups, cg = oc / G;
+  const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2, wsz = oc * c * 9;
+  int nth = omp_get_max_threads();
+  memset(s->dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    int t = omp_get_thread_num();
+    double *st = s->stats + t * (2 * oc + 1); // dbeta (OC), dgamma (OC)
+    float *gt = gz + t * oc * hw;
+    for (int64_t g = 0; g < G; g++) {
+      const float mg = mean[i * G + g], rg = rstd[i * G + g];
+      double sa = 0, sb = 0; // sum of dxhat, sum of dxhat * xhat over the group
+      for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
+        float sc = gamma[j] * rg, sh = beta[j] - mg * sc;
+        const float *zz = z + (i * oc + j) * hw;
+        const float *dp = dpool + (i * oc + j) * oh * ow;
+        const uint8_t *am = argmax + (i * oc + j) * oh * ow;
+        float *gg = gt + j * hw;
+        memset(gg, 0, (size_t)hw * sizeof(float));
+        double sdy = 0, sdx = 0;
+        for (int64_t oy = 0; oy < oh; oy++)
+          for (int64_t ox = 0; ox < ow; ox++) {
+            int bi = am[oy * ow + ox];
+            int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
+            if (zz[pos] * sc + sh > 0.0f) {
+              float gv = dp[oy * ow + ox];
+              gg[pos] = gv;
+              sdy += gv;
+              sdx += (double)gv * ((zz[pos] - mg) * rg);
+            }
+          }
+        st[j] += sdy;
+        st[oc + j] += sdx;
+        sa += gamma[j] * sdy;
+        sb += gamma[j] * sdx;
+      }
+      const float a = (float)(sa / (double)(cg * hw)), bq = (float)(sb / (double)(cg * hw));
+      for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
+        const float *zz = z + (i * oc + j) * hw;
+        float *gg = gt + j * hw;
+        for (int64_t k = 0; k < hw; k++) gg[k] = rg * (gamma[j] * gg[k] - a - (zz[k] - mg) * rg * bq);
+      }
+    }
+    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gt, in + i * c * hw, w, c, oc, h, wd,
+                         3, s->col + t * colsz);
+  }
+  for (int t = 0; t < nth; t++)
+    for (int64_t j = 0; j < oc; j++) {
+      dbeta[j] += (float)s->stats[t * (2 * oc + 1) + j];
+      dgamma[j] += (float)s->stats[t * (2 * oc + 1) + oc + j];
+    }
+  reduce_thread_buffers(dw, s->dw_scratch, wsz, nth);
+  return PS_OK;
+}
+
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
                                    const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
                                    const float *in, const float *w, const float *gamma, const float *beta,
@@ -472,27 +562,27 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2, wsz = oc * c * 9;
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
-  // 1. gz = unpool(dpool) * relu'(.), and the local BN sums.
+  if (o->groups > 0) return groupnorm_block_backward(din, dw, dgamma, dbeta, gz, dpool, argmax, z, mean, rstd, in, w,
+                                                     gamma, beta, d, o, s);
+  // 1. Local BN sums of dy = unpool(dpool) * relu'(.): only the pooled winners carry gradient,
+  //    so nothing of size (N, OC, H, W) is written here.
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     double *st = s->stats + omp_get_thread_num() * (2 * oc + 1);
     for (int64_t j = 0; j < oc; j++) {
       float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc;
       const float *zz = z + (i * oc + j) * hw;
-      float *g = gz + (i * oc + j) * hw;
       const float *dp = dpool + (i * oc + j) * oh * ow;
       const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      memset(g, 0, (size_t)hw * sizeof(float));
       double sdy = 0, sdx = 0;
       for (int64_t oy = 0; oy < oh; oy++)
         for (int64_t ox = 0; ox < ow; ox++) {
           int bi = am[oy * ow + ox];
-          int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-          if (zz[pos] * sc + sh > 0.0f) {
+          float zv = zz[(2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1)];
+          if (zv * sc + sh > 0.0f) {
             float gv = dp[oy * ow + ox];
-            g[pos] = gv;
             sdy += gv;
-            sdx += (double)gv * ((zz[pos] - mean[j]) * rstd[j]);
+            sdx += (double)gv * ((zv - mean[j]) * rstd[j]);
           }
         }
       st[j] += sdy;
@@ -507,22 +597,34 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
     dbeta[j] += (float)s->stats[j];
   }
   if (o->training && o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats, 2 * oc + 1));
-  const double cnt = s->stats[2 * oc];
+  const double cnt = s->stats[2 * oc] > 0 ? s->stats[2 * oc] : 1.0; // 0 only when there is no tile at all
   const double *stats = s->stats;
-  // 2. per tile: dz = BN backward (in place), then the conv GEMMs.
+  // 2. Per tile, in a cache-resident per-thread buffer: dz = BN backward of the unpooled,
+  //    ReLU-masked gradient, then the conv GEMMs.
   memset(s->dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     int t = omp_get_thread_num();
+    float *gt = gz + t * oc * hw;
     for (int64_t j = 0; j < oc; j++) {
-      float g = gamma[j] * rstd[j];
+      float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
       float a = o->training ? (float)(stats[j] / cnt) : 0.0f, bq = o->training ? (float)(stats[oc + j] / cnt) : 0.0f;
       const float *zz = z + (i * oc + j) * hw;
-      float *gg = gz + (i * oc + j) * hw;
-      for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mean[j]) * rstd[j] * bq);
+      const float *dp = dpool + (i * oc + j) * oh * ow;
+      const uint8_t *am = argmax + (i * oc + j) * oh * ow;
+      float *gg = gt + j * hw;
+      memset(gg, 0, (size_t)hw * sizeof(float));
+      for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t ox = 0; ox < ow; ox++) {
+          int bi = am[oy * ow + ox];
+          int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
+          if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[oy * ow + ox];
+        }
+      float mj = mean[j], rj = rstd[j];
+      for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mj) * rj * bq);
     }
-    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gz + i * oc * hw, in + i * c * hw, w,
-                         c, oc, h, wd, 3, s->col + t * colsz);
+    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gt, in + i * c * hw, w, c, oc, h, wd,
+                         3, s->col + t * colsz);
   }
   reduce_thread_buffers(dw, s->dw_scratch, wsz, nth);
   return PS_OK;

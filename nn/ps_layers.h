@@ -55,6 +55,8 @@ typedef struct {
   float eps, momentum; // PyTorch conventions (1e-5, 0.1)
   bool training;
   ps_nn_reducer reducer; // SyncBN: statistics are summed across ranks
+  int groups;            // conv block only: 0 = BatchNorm; > 0 = GroupNorm with this many channel
+                         // groups (per-tile statistics: no communication, no running statistics)
 } ps_nn_bn_opts;
 // out = gamma * (in - mean) * rstd + beta. mean, rstd (C) saved for backward.
 // stats: scratch of 2*C+1 doubles. running_* (C) updated in training.
@@ -92,9 +94,10 @@ void ps_nn_maxpool2d_backward(float *din, const float *dout, const uint8_t *argm
 void ps_nn_avgpool_forward(float *out, const float *in, int64_t n, int64_t c, int64_t hw);
 void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c, int64_t hw);
 
-// ---- Conv block: conv3x3 (no bias) -> BatchNorm2d (sync) -> ReLU -> 2x2 max-pool -----------
-// The tile CNN's unit, fused so that the BN+ReLU output is never stored:
+// ---- Conv block: conv3x3 (no bias) -> BatchNorm2d (sync) or GroupNorm -> ReLU -> 2x2 max-pool ----
+// The tile CNN's unit, fused so that the normalized map is never stored:
 // z (N, OC, H, W) is kept; backward recomputes the ReLU mask from z.
+// mean, rstd: (OC) for BatchNorm, (N, groups) for GroupNorm (running_* unused then).
 typedef struct {
   int64_t n, c, oc, h, w; // input (N, C, H, W); output (N, OC, H/2, W/2)
 } ps_nn_convblock_dims;
@@ -107,7 +110,8 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
-// dpool (N, OC, H/2, W/2) in; gz (N, OC, H, W) scratch; din (N, C, H, W) accumulated when non-NULL.
+// dpool (N, OC, H/2, W/2) in; gz: per-thread scratch of threads * OC*H*W floats; din (N, C, H, W)
+// accumulated when non-NULL.
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
                                    const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
                                    const float *in, const float *w, const float *gamma, const float *beta,

@@ -7,11 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_comm.h"
 #include "ps_rng.h"
 
 static const char *const modality_names[] = {"omics", "slide", "clinical"};
-_Static_assert(sizeof(modality_names) / sizeof(modality_names[0]) == PS_MOD_COUNT, "modality name table");
-const char *ps_modality_name(ps_modality m) { return (unsigned)m < PS_MOD_COUNT ? modality_names[m] : "?"; }
+_Static_assert(sizeof(modality_names) / sizeof(modality_names[0]) == PS_NN_MODALITY_COUNT, "modality name table");
+const char *ps_nn_modality_name(ps_nn_modality m) { return (unsigned)m < PS_NN_MODALITY_COUNT ? modality_names[m] : "?"; }
 
 static const char *const slide_mode_names[] = {"tiles", "features"};
 _Static_assert(sizeof(slide_mode_names) / sizeof(slide_mode_names[0]) == PS_SLIDE_MODE_COUNT, "slide mode table");
@@ -25,7 +26,7 @@ enum { DROPOUT_LAYER_AE = 1 }; // layer ids keying dropout streams
 
 void ps_model_config_default(ps_model_config *c) {
   memset(c, 0, sizeof(*c));
-  for (int i = 0; i < PS_MOD_COUNT; i++) c->use[i] = true;
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) c->use[i] = true;
   c->d = 128;
   c->genes = 2000;
   c->ae_hidden = 512;
@@ -51,13 +52,13 @@ int ps_model_config_text(const ps_model_config *c, char *buf, size_t len) {
   return snprintf(buf, len,
                   "use_omics: %d\nuse_slide: %d\nuse_clinical: %d\nd: %lld\ngenes: %lld\nae_hidden: %lld\n"
                   "ae_dropout: %g\nae_input_noise: %g\nslide_mode: %s\ntile_size: %lld\nmax_tiles: %lld\n"
-                  "cnn_channels: [%lld, %lld, %lld]\nfeat_dim: %lld\nattn_hidden: %lld\nclinical: %lld\n"
+                  "cnn_channels: [%lld, %lld, %lld]\ncnn_norm_groups: %d\nfeat_dim: %lld\nattn_hidden: %lld\nclinical: %lld\n"
                   "clinical_hidden: %lld\nfusion_layers: %d\nheads: %d\nff_hidden: %lld\nbn_momentum: %g\n"
                   "bn_eps: %g\nseed: %llu\n",
-                  c->use[0], c->use[1], c->use[2], (long long)c->d, (long long)c->genes, (long long)c->ae_hidden,
+                  c->use[PS_NN_OMICS], c->use[PS_NN_SLIDE], c->use[PS_NN_CLINICAL], (long long)c->d, (long long)c->genes, (long long)c->ae_hidden,
                   c->ae_dropout, c->ae_input_noise, ps_slide_mode_name(c->slide_mode), (long long)c->tile_size,
                   (long long)c->max_tiles, (long long)c->cnn_ch[0], (long long)c->cnn_ch[1], (long long)c->cnn_ch[2],
-                  (long long)c->feat_dim, (long long)c->attn_hidden, (long long)c->clinical,
+                  c->cnn_norm_groups, (long long)c->feat_dim, (long long)c->attn_hidden, (long long)c->clinical,
                   (long long)c->clinical_hidden, c->fusion_layers, c->heads, (long long)c->ff_hidden, c->bn_momentum,
                   c->bn_eps, (unsigned long long)c->seed);
 }
@@ -73,7 +74,7 @@ struct ps_model {
   ps_param_table params, buffers;
   ps_nn_reducer reducer;
   int M;                  // tokens
-  int tok[PS_MOD_COUNT];  // token index of a modality, -1 disabled
+  int tok[PS_NN_MODALITY_COUNT];  // token index of a modality, -1 disabled
   int nth;                // OpenMP threads planned for
   // parameter indices (forward order)
   int enc1w, enc1b, enc2w, enc2b, dec1w, dec1b, dec2w, dec2b;
@@ -141,18 +142,18 @@ static ps_status add_linear(ps_param_table *t, int *w, int *b, const char *name,
 
 static ps_status validate_config(const ps_model_config *c) {
   int n = 0;
-  for (int i = 0; i < PS_MOD_COUNT; i++) n += c->use[i];
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) n += c->use[i];
   if (!n) PS_FAIL(PS_ERR_CONFIG, "model: no modality enabled (enable at least one of omics, slide, clinical)");
   if (c->d <= 0 || c->heads <= 0 || c->d % c->heads)
     PS_FAIL(PS_ERR_CONFIG, "model: width d=%lld must be a positive multiple of heads=%d", (long long)c->d, c->heads);
   if (c->fusion_layers < 0 || c->fusion_layers > MAX_LAYERS)
     PS_FAIL(PS_ERR_CONFIG, "model: fusion_layers=%d not in 0..%d", c->fusion_layers, MAX_LAYERS);
-  if (c->use[PS_MOD_OMICS] && (c->genes <= 0 || c->ae_hidden <= 0))
+  if (c->use[PS_NN_OMICS] && (c->genes <= 0 || c->ae_hidden <= 0))
     PS_FAIL(PS_ERR_CONFIG, "model: omics needs genes > 0 and ae_hidden > 0 (got %lld, %lld)", (long long)c->genes,
             (long long)c->ae_hidden);
   if (c->ae_dropout < 0 || c->ae_dropout >= 1)
     PS_FAIL(PS_ERR_CONFIG, "model: ae_dropout=%g not in [0, 1)", c->ae_dropout);
-  if (c->use[PS_MOD_SLIDE]) {
+  if (c->use[PS_NN_SLIDE]) {
     if (c->max_tiles <= 0 || c->attn_hidden <= 0)
       PS_FAIL(PS_ERR_CONFIG, "model: slide needs max_tiles > 0 and attn_hidden > 0");
     if (c->slide_mode == PS_SLIDE_TILES) {
@@ -162,15 +163,19 @@ static ps_status validate_config(const ps_model_config *c) {
       if (c->cnn_ch[2] != c->d)
         PS_FAIL(PS_ERR_CONFIG, "model: last CNN width %lld must equal d=%lld (global avg pool gives the tile embedding)",
                 (long long)c->cnn_ch[2], (long long)c->d);
-      for (int i = 0; i < 3; i++)
+      for (int i = 0; i < 3; i++) {
         if (c->cnn_ch[i] <= 0) PS_FAIL(PS_ERR_CONFIG, "model: cnn channel %d is %lld", i, (long long)c->cnn_ch[i]);
+        if (c->cnn_norm_groups < 0 || (c->cnn_norm_groups > 0 && c->cnn_ch[i] % c->cnn_norm_groups))
+          PS_FAIL(PS_ERR_CONFIG, "model: cnn_norm_groups=%d must be >= 0 and divide every CNN width (%lld)",
+                  c->cnn_norm_groups, (long long)c->cnn_ch[i]);
+      }
     } else if (c->slide_mode == PS_SLIDE_FEATURES) {
       if (c->feat_dim <= 0) PS_FAIL(PS_ERR_CONFIG, "model: features mode needs feat_dim > 0");
     } else {
       PS_FAIL(PS_ERR_CONFIG, "model: unknown slide mode %d", (int)c->slide_mode);
     }
   }
-  if (c->use[PS_MOD_CLINICAL] && (c->clinical <= 0 || c->clinical_hidden <= 0))
+  if (c->use[PS_NN_CLINICAL] && (c->clinical <= 0 || c->clinical_hidden <= 0))
     PS_FAIL(PS_ERR_CONFIG, "model: clinical needs clinical > 0 and clinical_hidden > 0");
   if (c->fusion_layers > 0 && c->ff_hidden <= 0) PS_FAIL(PS_ERR_CONFIG, "model: ff_hidden must be > 0");
   return PS_OK;
@@ -181,7 +186,7 @@ static ps_status build(ps_model *m) {
   ps_param_table *t = &m->params;
   const int64_t D = c->d;
   char nm[PS_PARAM_NAME_MAX];
-  if (c->use[PS_MOD_OMICS]) {
+  if (c->use[PS_NN_OMICS]) {
     m->grp_omics_enc = t->count;
     PS_TRY(add_linear(t, &m->enc1w, &m->enc1b, "omics.enc1", c->ae_hidden, c->genes, PS_INIT_KAIMING_UNIFORM));
     PS_TRY(add_linear(t, &m->enc2w, &m->enc2b, "omics.enc2", D, c->ae_hidden, PS_INIT_XAVIER_UNIFORM));
@@ -189,7 +194,7 @@ static ps_status build(ps_model *m) {
     PS_TRY(add_linear(t, &m->dec1w, &m->dec1b, "omics.dec1", c->ae_hidden, D, PS_INIT_KAIMING_UNIFORM));
     PS_TRY(add_linear(t, &m->dec2w, &m->dec2b, "omics.dec2", c->genes, c->ae_hidden, PS_INIT_XAVIER_UNIFORM));
   }
-  if (c->use[PS_MOD_SLIDE]) {
+  if (c->use[PS_NN_SLIDE]) {
     if (c->slide_mode == PS_SLIDE_TILES) {
       int64_t cin = 3;
       for (int i = 0; i < 3; i++) {
@@ -197,14 +202,18 @@ static ps_status build(ps_model *m) {
         snprintf(nm, sizeof nm, "slide.conv%d.weight", i + 1);
         PS_TRY(ps_param_add(t, &m->convw[i], nm, PS_SHAPE(c->cnn_ch[i], cin, 3, 3), true, PS_INIT_KAIMING_UNIFORM,
                             cin * 9, c->cnn_ch[i] * 9));
-        snprintf(nm, sizeof nm, "slide.bn%d.weight", i + 1);
+        const char *nk = c->cnn_norm_groups > 0 ? "gn" : "bn";
+        snprintf(nm, sizeof nm, "slide.%s%d.weight", nk, i + 1);
         PS_TRY(ps_param_add(t, &m->bng[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.bias", i + 1);
+        snprintf(nm, sizeof nm, "slide.%s%d.bias", nk, i + 1);
         PS_TRY(ps_param_add(t, &m->bnb[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.running_mean", i + 1);
-        PS_TRY(ps_param_add(&m->buffers, &m->bnrm[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
-        snprintf(nm, sizeof nm, "slide.bn%d.running_var", i + 1);
-        PS_TRY(ps_param_add(&m->buffers, &m->bnrv[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        m->bnrm[i] = m->bnrv[i] = -1;
+        if (c->cnn_norm_groups == 0) {
+          snprintf(nm, sizeof nm, "slide.bn%d.running_mean", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrm[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
+          snprintf(nm, sizeof nm, "slide.bn%d.running_var", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrv[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        }
         cin = c->cnn_ch[i];
       }
     } else {
@@ -217,7 +226,7 @@ static ps_status build(ps_model *m) {
     PS_TRY(ps_param_add(t, &m->gw, "slide.attn.w.weight", PS_SHAPE(1, c->attn_hidden), true, PS_INIT_XAVIER_UNIFORM,
                         c->attn_hidden, 1));
   }
-  if (c->use[PS_MOD_CLINICAL]) {
+  if (c->use[PS_NN_CLINICAL]) {
     m->grp_clin = t->count;
     PS_TRY(add_linear(t, &m->c1w, &m->c1b, "clinical.fc1", c->clinical_hidden, c->clinical, PS_INIT_KAIMING_UNIFORM));
     PS_TRY(add_linear(t, &m->c2w, &m->c2b, "clinical.fc2", D, c->clinical_hidden, PS_INIT_XAVIER_UNIFORM));
@@ -258,7 +267,7 @@ ps_status ps_model_create(ps_model **out, const ps_model_config *cfg) {
   ps_param_table_init(&m->params, "parameters", true);
   ps_param_table_init(&m->buffers, "buffers", false);
   m->M = 0;
-  for (int i = 0; i < PS_MOD_COUNT; i++) m->tok[i] = cfg->use[i] ? m->M++ : -1;
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) m->tok[i] = cfg->use[i] ? m->M++ : -1;
   ps_status s = build(m);
   if (s == PS_OK) s = ps_param_table_alloc(&m->params);
   if (s == PS_OK) s = ps_param_table_alloc(&m->buffers); // may be empty (no BatchNorm)
@@ -284,6 +293,11 @@ const ps_model_config *ps_model_config_of(const ps_model *m) { return &m->cfg; }
 ps_param_table *ps_model_params(ps_model *m) { return &m->params; }
 ps_param_table *ps_model_buffers(ps_model *m) { return &m->buffers; }
 void ps_model_set_reducer(ps_model *m, ps_nn_reducer r) { m->reducer = r; }
+
+static ps_status comm_sum_f64(void *ctx, double *buf, int64_t n) {
+  return ps_comm_allreduce((ps_comm *)ctx, PS_IN_PLACE, buf, n, PS_F64, PS_OP_SUM);
+}
+ps_nn_reducer ps_nn_reducer_comm(ps_comm *c) { return (ps_nn_reducer){c && ps_comm_size(c) > 1 ? comm_sum_f64 : NULL, c}; }
 void ps_model_set_recon_norm(ps_model *m, double norm) {
   m->recon_norm = norm;
   m->recon_norm_set = norm > 0;
@@ -326,7 +340,7 @@ static void plan_pass(ps_model *m, planner *p) {
   const ps_model_config *c = &m->cfg;
   const int64_t B = m->max_b, D = c->d, K = c->max_tiles, M = m->M, HA = c->ae_hidden, G = c->genes;
   const int nth = m->nth;
-  if (c->use[PS_MOD_OMICS]) {
+  if (c->use[PS_NN_OMICS]) {
     m->o_rows = take(p, (size_t)B * sizeof(int64_t));
     m->o_streams = take(p, (size_t)B * sizeof(uint64_t));
     m->o_x = TAKE_F(p, B * G);
@@ -343,7 +357,7 @@ static void plan_pass(ps_model *m, planner *p) {
     m->o_gh1d = TAKE_F(p, B * HA);
     m->o_gh1 = TAKE_F(p, B * HA);
   }
-  if (c->use[PS_MOD_SLIDE]) {
+  if (c->use[PS_NN_SLIDE]) {
     const int64_t NT = B * K, A = c->attn_hidden;
     m->s_off = take(p, (size_t)(B + 1) * sizeof(int64_t));
     if (c->slide_mode == PS_SLIDE_TILES) {
@@ -355,8 +369,9 @@ static void plan_pass(ps_model *m, planner *p) {
         m->s_z[i] = TAKE_F(p, NT * oc * h * h);
         m->s_p[i] = TAKE_F(p, NT * oc * (h / 2) * (h / 2));
         m->s_am[i] = take(p, (size_t)(NT * oc * (h / 2) * (h / 2)));
-        m->s_mean[i] = TAKE_F(p, oc);
-        m->s_rstd[i] = TAKE_F(p, oc);
+        int64_t nstat = c->cnn_norm_groups > 0 ? NT * c->cnn_norm_groups : oc; // GN: per tile and group
+        m->s_mean[i] = TAKE_F(p, nstat);
+        m->s_rstd[i] = TAKE_F(p, nstat);
         if (oc * h * h > maxz) maxz = oc * h * h;
         if (oc * (h / 2) * (h / 2) > maxp) maxp = oc * (h / 2) * (h / 2);
         if (ps_nn_conv_col_floats(cin, h, h, 3) > maxcol) maxcol = ps_nn_conv_col_floats(cin, h, h, 3);
@@ -365,7 +380,7 @@ static void plan_pass(ps_model *m, planner *p) {
         cin = oc;
         h /= 2;
       }
-      m->s_gz = TAKE_F(p, NT * maxz);
+      m->s_gz = TAKE_F(p, nth * maxz); // per-thread dz of one tile
       m->s_gpa = TAKE_F(p, NT * maxp);
       m->s_gpb = TAKE_F(p, NT * maxp);
       m->s_scr.col = TAKE_F(p, nth * maxcol);
@@ -383,7 +398,7 @@ static void plan_pass(ps_model *m, planner *p) {
     m->s_gh = TAKE_F(p, NT * D);
     m->s_gattn_scratch = TAKE_F(p, 2 * NT * A + 2 * NT);
   }
-  if (c->use[PS_MOD_CLINICAL]) {
+  if (c->use[PS_NN_CLINICAL]) {
     m->c_rows = take(p, (size_t)B * sizeof(int64_t));
     m->c_x = TAKE_F(p, B * c->clinical);
     m->c_h = TAKE_F(p, B * c->clinical_hidden);
@@ -433,14 +448,16 @@ ps_status ps_model_plan(ps_model *m, int64_t max_b) {
 #define PG(i) ps_param_grad(&m->params, (i))
 #define BD(i) ps_param_data(&m->buffers, (i))
 
-static bool present(const uint8_t *flags, int64_t b) { return flags && flags[b]; }
+static bool present(const ps_model_batch *in, const uint8_t *flags, int64_t b) {
+  return flags && flags[b * (in->present_stride > 0 ? in->present_stride : 1)];
+}
 
 static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t step, double *recon) {
   const ps_model_config *c = &m->cfg;
   const int64_t G = c->genes, HA = c->ae_hidden, D = c->d;
   int64_t n = 0;
   for (int64_t b = 0; b < in->b; b++)
-    if (present(in->omics_present, b)) m->o_rows[n++] = b;
+    if (present(in, in->omics_present, b)) m->o_rows[n++] = b;
   m->n_o = n;
   *recon = 0;
   if (!n) return PS_OK;
@@ -491,7 +508,7 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
   }
   const int64_t nt = m->s_off[in->b];
   m->n_t = nt;
-  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer};
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
   if (c->slide_mode == PS_SLIDE_TILES) {
     const int64_t S = c->tile_size, tsz = 3 * S * S;
     PS_REQUIRE(nt == 0 || in->tiles, "model forward: tile counts are set but the tiles array is NULL");
@@ -506,7 +523,8 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
       double t0 = omp_get_wtime();
       ps_nn_convblock_dims d = {nt, cin, c->cnn_ch[i], h, h};
       PS_TRY(ps_nn_convblock_forward(m->s_p[i], m->s_am[i], m->s_z[i], m->s_mean[i], m->s_rstd[i], x, PD(m->convw[i]),
-                                     PD(m->bng[i]), PD(m->bnb[i]), BD(m->bnrm[i]), BD(m->bnrv[i]), &d, &bo,
+                                     PD(m->bng[i]), PD(m->bnb[i]), m->bnrm[i] >= 0 ? BD(m->bnrm[i]) : NULL,
+                                     m->bnrv[i] >= 0 ? BD(m->bnrv[i]) : NULL, &d, &bo,
                                      &m->s_scr));
       double fl = 2.0 * nt * c->cnn_ch[i] * cin * 9 * h * h;
       m->fl_fwd[PS_MT_CONV1 + i] = fl;
@@ -545,7 +563,7 @@ static void forward_clinical(ps_model *m, const ps_model_batch *in) {
   const int64_t C = c->clinical, HC = c->clinical_hidden, D = c->d;
   int64_t n = 0;
   for (int64_t b = 0; b < in->b; b++)
-    if (present(in->clinical_present, b)) {
+    if (present(in, in->clinical_present, b)) {
       memcpy(m->c_x + n * C, in->clinical + b * C, (size_t)C * sizeof(float));
       m->c_rows[n++] = b;
     }
@@ -575,14 +593,14 @@ static void forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
   const float *emb = PD(m->emb);
   memset(x, 0, (size_t)(B * M * D) * sizeof(float));
   // Token rows: present modality -> its embedding + modality embedding; absent -> 0 and masked.
-  const float *src[PS_MOD_COUNT] = {m->o_z, m->s_out, m->c_z};
-  const int64_t *rows[PS_MOD_COUNT] = {m->o_rows, NULL, m->c_rows};
-  const int64_t nrows[PS_MOD_COUNT] = {m->n_o, 0, m->n_c};
-  for (int mod = 0; mod < PS_MOD_COUNT; mod++) {
+  const float *src[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->o_z, [PS_NN_CLINICAL] = m->c_z, [PS_NN_SLIDE] = m->s_out};
+  const int64_t *rows[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->o_rows, [PS_NN_CLINICAL] = m->c_rows};
+  const int64_t nrows[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->n_o, [PS_NN_CLINICAL] = m->n_c};
+  for (int mod = 0; mod < PS_NN_MODALITY_COUNT; mod++) {
     int t = m->tok[mod];
     if (t < 0) continue;
     for (int64_t b = 0; b < B; b++) m->f_mask[b * M + t] = 0;
-    if (mod == PS_MOD_SLIDE) {
+    if (mod == PS_NN_SLIDE) {
       for (int64_t b = 0; b < B; b++)
         if (m->s_off[b + 1] > m->s_off[b]) {
           m->f_mask[b * M + t] = 1;
@@ -649,13 +667,13 @@ ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps
              omp_get_max_threads(), m->nth);
   // A patient must have at least one enabled modality present: report it, never produce NaN.
   for (int64_t b = 0; b < in->b; b++) {
-    bool any = (c->use[PS_MOD_OMICS] && present(in->omics_present, b)) ||
-               (c->use[PS_MOD_CLINICAL] && present(in->clinical_present, b)) ||
-               (c->use[PS_MOD_SLIDE] && in->tile_count && in->tile_count[b] > 0);
+    bool any = (c->use[PS_NN_OMICS] && present(in, in->omics_present, b)) ||
+               (c->use[PS_NN_CLINICAL] && present(in, in->clinical_present, b)) ||
+               (c->use[PS_NN_SLIDE] && in->tile_count && in->tile_count[b] > 0);
     if (!any) {
       char en[64] = "";
-      for (int i = 0; i < PS_MOD_COUNT; i++)
-        if (c->use[i]) snprintf(en + strlen(en), sizeof en - strlen(en), "%s%s", *en ? ", " : "", ps_modality_name(i));
+      for (int i = 0; i < PS_NN_MODALITY_COUNT; i++)
+        if (c->use[i]) snprintf(en + strlen(en), sizeof en - strlen(en), "%s%s", *en ? ", " : "", ps_nn_modality_name(i));
       PS_FAIL(PS_ERR_DATA, "patient %lld (batch row %lld) has none of the enabled modalities (%s) present",
               (long long)in->patient_id[b], (long long)b, en);
     }
@@ -668,10 +686,10 @@ ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps
   m->n_o = m->n_c = m->n_t = 0;
   *recon_loss = 0;
   double t0 = omp_get_wtime();
-  if (c->use[PS_MOD_OMICS]) PS_TRY(forward_omics(m, in, step, recon_loss));
+  if (c->use[PS_NN_OMICS]) PS_TRY(forward_omics(m, in, step, recon_loss));
   double t1 = omp_get_wtime();
   m->t_fwd[PS_MT_OMICS] = t1 - t0;
-  if (c->use[PS_MOD_SLIDE]) {
+  if (c->use[PS_NN_SLIDE]) {
     PS_TRY(forward_slide(m, in));
     m->t_fwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t1 - m->t_fwd[PS_MT_CONV1] - m->t_fwd[PS_MT_CONV2] -
                                 m->t_fwd[PS_MT_CONV3];
@@ -679,7 +697,7 @@ ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps
     memset(m->tile_att, 0, (size_t)(in->b * c->max_tiles) * sizeof(float));
   }
   double t2 = omp_get_wtime();
-  if (c->use[PS_MOD_CLINICAL]) forward_clinical(m, in);
+  if (c->use[PS_NN_CLINICAL]) forward_clinical(m, in);
   double t3 = omp_get_wtime();
   m->t_fwd[PS_MT_CLINICAL] = t3 - t2;
   forward_fusion(m, in, eta);
@@ -715,7 +733,7 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
   memset(dp, 0, (size_t)(nt * D * (S / 8) * (S / 8)) * sizeof(float));
   ps_nn_avgpool_backward(dp, m->s_gh, nt, D, (S / 8) * (S / 8));
   m->t_bwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t0;
-  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer};
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
   for (int i = 2; i >= 0; i--) {
     double t1 = omp_get_wtime();
     ps_nn_convblock_dims d = {nt, cins[i], c->cnn_ch[i], hs[i], hs[i]};
@@ -804,9 +822,9 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
         for (int64_t j = 0; j < D; j++) gemb[t * D + j] += gy[(b * M + t) * D + j];
   ready(m, hook, hctx, m->grp_emb);
   m->t_bwd[PS_MT_FUSION] = omp_get_wtime() - t0;
-  if (c->use[PS_MOD_CLINICAL]) {
+  if (c->use[PS_NN_CLINICAL]) {
     double t1 = omp_get_wtime();
-    int t = m->tok[PS_MOD_CLINICAL];
+    int t = m->tok[PS_NN_CLINICAL];
     const int64_t n = m->n_c, HC = c->clinical_hidden;
     for (int64_t r = 0; r < n; r++) memcpy(m->c_gz + r * D, gy + (m->c_rows[r] * M + t) * D, (size_t)D * sizeof(float));
     memset(m->c_gh, 0, (size_t)(n * HC) * sizeof(float));
@@ -817,14 +835,14 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
     ready(m, hook, hctx, m->grp_clin);
     m->t_bwd[PS_MT_CLINICAL] = omp_get_wtime() - t1;
   }
-  if (c->use[PS_MOD_SLIDE]) {
-    int t = m->tok[PS_MOD_SLIDE];
+  if (c->use[PS_NN_SLIDE]) {
+    int t = m->tok[PS_NN_SLIDE];
     for (int64_t b = 0; b < B; b++) memcpy(m->s_gout + b * D, gy + (b * M + t) * D, (size_t)D * sizeof(float));
     PS_TRY(backward_slide(m, hook, hctx));
   }
-  if (c->use[PS_MOD_OMICS]) {
+  if (c->use[PS_NN_OMICS]) {
     double t1 = omp_get_wtime();
-    int t = m->tok[PS_MOD_OMICS];
+    int t = m->tok[PS_NN_OMICS];
     for (int64_t r = 0; r < m->n_o; r++)
       memcpy(m->o_gz + r * D, gy + (m->o_rows[r] * M + t) * D, (size_t)D * sizeof(float));
     backward_omics(m, lambda_recon, hook, hctx);

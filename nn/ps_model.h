@@ -24,14 +24,16 @@
 #include "ps_param.h"
 #include "ps_status.h"
 
-typedef enum { PS_MOD_OMICS = 0, PS_MOD_SLIDE, PS_MOD_CLINICAL, PS_MOD_COUNT } ps_modality;
-const char *ps_modality_name(ps_modality m);
+// Token order of the fusion (omics, slide, clinical). Named apart from data/'s ps_modality
+// (different order) so that both headers can be included together.
+typedef enum { PS_NN_OMICS = 0, PS_NN_SLIDE, PS_NN_CLINICAL, PS_NN_MODALITY_COUNT } ps_nn_modality;
+const char *ps_nn_modality_name(ps_nn_modality m);
 
 typedef enum { PS_SLIDE_TILES = 0, PS_SLIDE_FEATURES, PS_SLIDE_MODE_COUNT } ps_slide_mode;
 const char *ps_slide_mode_name(ps_slide_mode m);
 
 typedef struct {
-  bool use[PS_MOD_COUNT]; // which modalities are enabled
+  bool use[PS_NN_MODALITY_COUNT]; // which modalities are enabled
   int64_t d;              // D model width (128)
   // omics autoencoder
   int64_t genes;       // G
@@ -43,6 +45,7 @@ typedef struct {
   int64_t tile_size;   // S (64)
   int64_t max_tiles;   // K (16)
   int64_t cnn_ch[3];   // (32, 64, 128); cnn_ch[2] must equal D
+  int cnn_norm_groups; // 0: BatchNorm (SyncBN across ranks); > 0: GroupNorm with this many groups
   int64_t feat_dim;    // F, features mode
   int64_t attn_hidden; // A (64)
   // clinical
@@ -73,6 +76,9 @@ typedef struct {
   const float *tiles;              // (B, K, 3, S, S) tiles mode
   const float *features;           // (B, K, F) features mode
   const int32_t *tile_count;       // (B) valid tiles per bag, 0 = no slide; first tile_count[b] are valid
+  // Flags of patient b are *_present[b * present_stride]; 0 means 1 (contiguous). data/'s loader
+  // keeps (B, modalities) interleaved: pass present + its modality index and stride = modality count.
+  int64_t present_stride;
 } ps_model_batch;
 
 // Per-module timers (seconds, forward/backward) and FLOP counts of the last step.
@@ -99,6 +105,10 @@ ps_param_table *ps_model_params(ps_model *m);  // trainable (with gradient arena
 ps_param_table *ps_model_buffers(ps_model *m); // BatchNorm running statistics
 // SyncBN: statistics are summed through this reducer (NULL fn: single rank).
 void ps_model_set_reducer(ps_model *m, ps_nn_reducer r);
+// The reducer over a ps_comm (all-reduce of doubles, sum). Every rank of c must run the
+// same forward/backward sequence (a rank without tiles still calls it).
+typedef struct ps_comm ps_comm;
+ps_nn_reducer ps_nn_reducer_comm(ps_comm *c);
 // Plans the activation arena for up to max_b patients with bags of up to cfg.max_tiles. Once.
 ps_status ps_model_plan(ps_model *m, int64_t max_b);
 size_t ps_model_activation_bytes(const ps_model *m);
