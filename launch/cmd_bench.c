@@ -5,9 +5,6 @@
 
 #include "ps_commands.h"
 
-int ps_bench_io(int argc, char **argv);
-int ps_bench_model(int argc, char **argv);
-
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -17,6 +14,8 @@ typedef struct {
 int ps_bench_gemm(int argc, char **argv);     // launch/bench_gemm.c
 int ps_bench_comm(int argc, char **argv);     // launch/bench_comm.c
 int ps_bench_survival(int argc, char **argv); // launch/bench_survival.c
+int ps_bench_io(int argc, char **argv);       // launch/bench_io.c
+int ps_bench_model(int argc, char **argv);    // launch/bench_model.c
 
 static const bench_entry benches[] = {
     {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},

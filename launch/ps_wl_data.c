@@ -214,15 +214,10 @@ static void fill(ps_wl_data *d, const ps_batch *b, ps_wl_batch *out) {
 }
 
 ps_status ps_wl_data_train_begin(ps_wl_data *d, int64_t epoch, int64_t skip_steps) {
-  PS_TRY(ps_loader_begin_epoch(d->train, epoch));
-  // Resume inside an epoch: the order depends on (seed, epoch) only, so
-  // skipping the consumed micro-batches lands on the same patients.
-  for (int64_t i = 0; i < skip_steps * d->cfg->train.accumulation; i++) {
-    const ps_batch *b = NULL;
-    PS_TRY(ps_loader_next(d->train, &b));
-    if (!b) PS_FAIL(PS_ERR_INTERNAL, "resume position %lld beyond the epoch", (long long)skip_steps);
-  }
-  return PS_OK;
+  // Resume inside an epoch: the loader starts at the micro-batch an
+  // uninterrupted epoch would give next (the order depends on (seed, epoch) only).
+  if (skip_steps == 0) return ps_loader_begin_epoch(d->train, epoch);
+  return ps_loader_begin_epoch_at(d->train, epoch, skip_steps * d->cfg->train.accumulation);
 }
 
 ps_status ps_wl_data_train_next(ps_wl_data *d, ps_wl_batch *out) {

@@ -96,9 +96,9 @@ static ps_status build_model(ps_wl_model *w) {
   const ps_config *cfg = w->cfg;
   ps_model_config mc;
   ps_model_config_default(&mc);
-  mc.use[PS_MOD_OMICS] = uses(cfg, PS_CFG_MOD_OMICS);
-  mc.use[PS_MOD_SLIDE] = uses(cfg, PS_CFG_MOD_SLIDES);
-  mc.use[PS_MOD_CLINICAL] = uses(cfg, PS_CFG_MOD_CLINICAL);
+  mc.use[PS_NN_OMICS] = uses(cfg, PS_CFG_MOD_OMICS);
+  mc.use[PS_NN_SLIDE] = uses(cfg, PS_CFG_MOD_SLIDES);
+  mc.use[PS_NN_CLINICAL] = uses(cfg, PS_CFG_MOD_CLINICAL);
   mc.d = cfg->model.embed_dim;
   mc.genes = w->shape.genes > 0 ? w->shape.genes : 1;
   mc.ae_hidden = cfg->model.omics_hidden;
@@ -188,7 +188,7 @@ static ps_status alloc_buffers(ps_wl_model *w) {
 
 static ps_model_batch model_batch(const ps_wl_batch *b) {
   ps_model_batch mb = {b->b, b->index, b->omics, b->omics_present, b->clinical, b->clinical_present,
-                       b->tiles, b->features, b->n_tiles};
+                       b->tiles, b->features, b->n_tiles, 1}; // presence flags are contiguous (ps_wl_data)
   return mb;
 }
 
