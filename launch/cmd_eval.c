@@ -201,6 +201,10 @@ int ps_cmd_eval(int argc, char **argv) {
   int code = PS_EXIT_ERROR;
   collect_ctx cc = {0};
   int64_t *cnt = calloc((size_t)R, sizeof *cnt);
+  char (*tt_id)[40] = NULL; // top-attention tiles (rank 0), written after the cohort is closed
+  int64_t *tt_row = NULL, tt_n = 0;
+  int *tt_entry = NULL, *tt_rankk = NULL;
+  double *tt_w = NULL;
   double *all_extra = NULL, *train_extra = NULL, *train_eta = NULL, *train_time = NULL;
   uint8_t *train_event = NULL;
   ps_status g = PS_OK;
@@ -387,19 +391,19 @@ int ps_cmd_eval(int argc, char **argv) {
     static const char *tok_names[MAXM] = {"omics", "slides", "clinical"}; // nn token order
     snprintf(p, sizeof p, "%s/predictions.csv", out);
     f = fopen(p, "w");
-    snprintf(p, sizeof p, "%s/top_tiles.csv", out);
-    FILE *tt = fopen(p, "w");
-    if (!f || !tt) {
+    if (!f) {
       fprintf(stderr, "pansurv eval: cannot write into %s\n", out);
-      if (f) fclose(f);
-      if (tt) fclose(tt);
       goto fail_rank0;
     }
+    tt_id = malloc(sizeof(char[40]) * (size_t)(n * TOPK + 1));
+    tt_row = malloc(sizeof(int64_t) * (size_t)(n * TOPK + 1));
+    tt_entry = malloc(sizeof(int) * (size_t)(n * TOPK + 1));
+    tt_rankk = malloc(sizeof(int) * (size_t)(n * TOPK + 1));
+    tt_w = malloc(sizeof(double) * (size_t)(n * TOPK + 1));
     fprintf(f, "id,cohort,time,event,risk,risk_group");
     for (int k = 0; k < nt; k++) fprintf(f, ",surv_%g", times[k]);
     for (int m = 0; m < cc.tokens && m < MAXM; m++) fprintf(f, ",attn_token%d", m);
     fprintf(f, "\n");
-    fprintf(tt, "id,rank,bag_entry,attention\n");
     double mod_sum[MAXM] = {0};
     int64_t mod_n[MAXM] = {0};
     for (int64_t i = 0; i < n; i++) {
@@ -414,11 +418,17 @@ int ps_cmd_eval(int argc, char **argv) {
         if (isfinite(r[m]) && r[m] > 0) mod_sum[m] += r[m], mod_n[m]++;
       }
       fprintf(f, "\n");
-      for (int k = 0; k < TOPK; k++)
-        if (r[MAXM + 2 * k] >= 0) fprintf(tt, "%s,%d,%d,%.6g\n", id, k + 1, (int)r[MAXM + 2 * k], r[MAXM + 2 * k + 1]);
+      for (int k = 0; k < TOPK && tt_id; k++)
+        if (r[MAXM + 2 * k] >= 0) {
+          snprintf(tt_id[tt_n], 40, "%s", id);
+          tt_rankk[tt_n] = k + 1;
+          tt_entry[tt_n] = (int)r[MAXM + 2 * k];
+          tt_w[tt_n] = r[MAXM + 2 * k + 1];
+          tt_row[tt_n] = ps_wl_data_tile_row(wd, ix[i], tt_entry[tt_n]);
+          tt_n++;
+        }
     }
     fclose(f);
-    fclose(tt);
     (void)tok_names;
     // ---- plots (gnuplot) ----
     int plot_fail = 0;
@@ -526,6 +536,25 @@ fail:
   fprintf(stderr, "pansurv eval: rank %d: %s\n", rank, ps_error_message());
   code = PS_EXIT_ERROR;
 done:
+  if (ops) ops->destroy(w);
+  ops = NULL;
+  if (rank == 0 && code == PS_EXIT_OK && tt_id) { // top_tiles.csv with level-0 coordinates where known
+    int32_t *xy = malloc(sizeof(int32_t) * 3 * (size_t)(tt_n + 1));
+    if (xy && ps_wl_read_tile_coords(data, tt_row, tt_n, xy) != PS_OK)
+      fprintf(stderr, "pansurv eval: note: tile coordinates not available: %s\n", ps_error_message());
+    char p[4300];
+    snprintf(p, sizeof p, "%s/top_tiles.csv", out);
+    FILE *tt = fopen(p, "w");
+    if (tt && xy) {
+      fprintf(tt, "id,rank,bag_entry,attention,tile_row,slide,x,y\n");
+      for (int64_t i = 0; i < tt_n; i++)
+        fprintf(tt, "%s,%d,%d,%.6g,%lld,%d,%d,%d\n", tt_id[i], tt_rankk[i], tt_entry[i], tt_w[i], (long long)tt_row[i],
+                xy[3 * i], xy[3 * i + 1], xy[3 * i + 2]);
+    }
+    if (tt) fclose(tt);
+    free(xy);
+  }
+  free(tt_id), free(tt_row), free(tt_entry), free(tt_rankk), free(tt_w);
   free(cc.rows), free(cnt), free(all_extra), free(train_extra), free(train_eta), free(train_time), free(train_event);
   if (ops) ops->destroy(w);
   ps_comm_finalize(comm);

@@ -1,5 +1,6 @@
 #include "ps_wl_data.h"
 
+#include <hdf5.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -264,3 +265,36 @@ int ps_wl_data_part_of(const ps_wl_data *d, int64_t index) {
 }
 
 const char *ps_wl_data_clinical_name(const ps_wl_data *d, int64_t j) { return ps_cohort_clinical_names(d->cohort)[j]; }
+
+int64_t ps_wl_data_tile_row(const ps_wl_data *d, int64_t index, int64_t entry) {
+  const ps_patients *p = ps_cohort_get_patients(d->cohort);
+  int64_t first = p->offset[index], have = p->offset[index + 1] - first;
+  // bag: all keeps the patient's tiles in file order while they fit in the bag;
+  // sampled bags do not expose which tile an entry came from.
+  if (d->cfg->data.bag != PS_CFG_BAG_ALL || have > d->cfg->data.tiles || entry >= have) return -1;
+  return first + entry;
+}
+
+ps_status ps_wl_read_tile_coords(const char *path, const int64_t *rows, int64_t n, int32_t *out) {
+  for (int64_t i = 0; i < 3 * n; i++) out[i] = -1;
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (f < 0) PS_FAIL(PS_ERR_HDF5, "%s: cannot open to read /slides/coords", path);
+  hid_t ds = H5Dopen2(f, "/slides/coords", H5P_DEFAULT);
+  ps_status s = PS_OK;
+  if (ds < 0) s = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "%s: no /slides/coords", path);
+  for (int64_t i = 0; s == PS_OK && i < n; i++) {
+    if (rows[i] < 0) continue;
+    hid_t fs = H5Dget_space(ds);
+    hsize_t start[2] = {(hsize_t)rows[i], 0}, count[2] = {1, 3}, mdim[1] = {3};
+    hid_t ms = H5Screate_simple(1, mdim, NULL);
+    if (H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+        H5Dread(ds, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, out + 3 * i) < 0)
+      s = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "%s: reading /slides/coords row %lld", path, (long long)rows[i]);
+    H5Sclose(ms);
+    H5Sclose(fs);
+  }
+  if (ds >= 0) H5Dclose(ds);
+  H5Fclose(f);
+  return s;
+}

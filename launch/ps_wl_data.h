@@ -62,6 +62,12 @@ const char *ps_wl_data_patient_id(const ps_wl_data *d, int64_t index);
 const char *ps_wl_data_cohort_name(const ps_wl_data *d, int cohort);
 // Clinical column j name (fixed-length, up to 64 bytes).
 const char *ps_wl_data_clinical_name(const ps_wl_data *d, int64_t j);
+// Global tile row of bag entry `entry` of patient `index`, or -1 when unknown
+// (sampled bags). Valid for bag: all while the patient's tiles fit in the bag.
+int64_t ps_wl_data_tile_row(const ps_wl_data *d, int64_t index, int64_t entry);
+// Reads /slides/coords (slide, x, y) of the given tile rows (-1 rows stay -1)
+// with a serial open of `path` (call after the cohort is closed). out: (n, 3).
+ps_status ps_wl_read_tile_coords(const char *path, const int64_t *rows, int64_t n, int32_t *out);
 const double *ps_wl_data_truth(const ps_wl_data *d); // (N) or NULL
 int ps_wl_data_part_of(const ps_wl_data *d, int64_t index); // ps_wl_part
 

@@ -85,7 +85,7 @@ accumulation) # no BatchNorm path (clinical + omics), so micro-batches = the lar
   echo "model: accumulation 2 x 16 vs 32: max rel loss diff $m over $n steps"
   check "[ \"$n\" = 12 ] && awk -v m=$m 'BEGIN{exit !(m<=1e-5)}'" "accumulation differs from the large batch by $m" ;;
 eval)
-  tr 2 e --set train.epochs=2 || fail=1
+  tr 2 e --set train.epochs=2 --set data.bag=all || fail=1
   mpi 2 "$bin" eval --checkpoint "$work/runs/e/checkpoints/best.h5" --data "$work/tiny.h5" --out "$work/ev" --bootstrap 20 || fail=1
   for f in metrics.json predictions.csv top_tiles.csv clinical_train.csv clinical_test.csv km_risk_groups.png \
            per_cohort_c.png modality_attention.png learning_curves.png; do
@@ -94,6 +94,7 @@ eval)
   for k in harrell_c harrell_c_ci95 uno_c td_auc brier ibs logrank per_cohort oracle_c; do
     check "grep -q '\"$k\"' $work/ev/metrics.json" "metrics.json lacks $k"
   done
+  check 'head -1 $work/ev/top_tiles.csv | grep -q "id,rank,bag_entry,attention,tile_row,slide,x,y"' "top_tiles.csv header"
   n=$(($(wc -l < $work/ev/predictions.csv) - 1)); nj=$(sed -n 's/.*"n": \([0-9]*\).*/\1/p' $work/ev/metrics.json | head -1)
   check '[ "$n" = "$nj" ] && [ "$n" -gt 50 ]' "predictions.csv has $n rows, metrics n=$nj" ;;
 badinput)
