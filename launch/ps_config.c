@@ -61,6 +61,7 @@ const ps_cfg_key ps_config_keys[] = {
   {"model", "omics_dropout", PS_CFG_FLOAT, OFF(model.omics_dropout), 0, 0, 0.95, NULL, "0.1", "dropout inside the omics encoder"},
   {"model", "omics_noise", PS_CFG_FLOAT, OFF(model.omics_noise), 0, 0, 10, NULL, "0", "std of Gaussian input noise (denoising autoencoder; 0: off)"},
   {"model", "cnn_channels", PS_CFG_INT_LIST, OFF(model.cnn_channels), OFF(model.n_cnn_channels), 1, 4096, NULL, "[32, 64, 128]", "output channels of the tile CNN blocks (conv3x3 + norm + ReLU + maxpool2x2)"},
+  {"model", "norm_groups", PS_CFG_INT, OFF(model.norm_groups), 0, 0, 4096, NULL, "0", "tile CNN normalization: 0 = BatchNorm synchronized across ranks; G > 0 = GroupNorm with G groups (per tile, exact under gradient accumulation)"},
   {"model", "tile_size", PS_CFG_INT, OFF(model.tile_size), 0, 8, 1024, NULL, "64", "tile edge in pixels (must equal the cohort's tile size)"},
   {"model", "feature_dim", PS_CFG_INT, OFF(model.feature_dim), 0, 1, 65536, NULL, "1024", "F: precomputed tile feature width (slide_input: features)"},
   {"model", "attn_hidden", PS_CFG_INT, OFF(model.attn_hidden), 0, 1, 65536, NULL, "64", "hidden size of gated attention pooling over tiles"},

@@ -51,6 +51,7 @@ typedef struct {
   double omics_noise;
   int cnn_channels[PS_CFG_LIST_MAX];
   int n_cnn_channels;
+  int norm_groups; // 0: SyncBN; > 0: GroupNorm groups
   int tile_size;
   int feature_dim;
   int attn_hidden;

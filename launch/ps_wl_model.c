@@ -11,7 +11,8 @@
 //          forward + backward per micro-batch with those dL/deta; the all-reduce
 //          overlaps the last micro-batch's backward. Cost: one extra forward.
 //          BatchNorm batch statistics are per micro-batch (as with any
-//          accumulation), and running statistics see both passes.
+//          accumulation); running statistics are restored after pass 1, so
+//          only pass 2 updates them. GroupNorm (model.norm_groups) is exact.
 // Letters: b local patients of a micro-batch, W = A * b_max local window capacity.
 #include <math.h>
 #include <stdio.h>
@@ -63,6 +64,7 @@ struct ps_wl_model {
   int32_t *v_cohort;          // (N)
   int64_t *v_index;           // (N)
   int64_t *counts;            // (ranks)
+  float *bn_saved;            // (buffer total) running statistics before pass 1 (A > 1)
 };
 
 static double now_s(void) {
@@ -111,6 +113,7 @@ static ps_status build_model(ps_wl_model *w) {
     PS_FAIL(PS_ERR_CONFIG, "model.cnn_channels must list 3 widths and end with model.embed_dim = %d",
             cfg->model.embed_dim);
   for (int i = 0; i < 3; i++) mc.cnn_ch[i] = cfg->model.cnn_channels[i];
+  mc.cnn_norm_groups = cfg->model.norm_groups;
   mc.feat_dim = cfg->model.feature_dim;
   mc.attn_hidden = cfg->model.attn_hidden;
   mc.clinical = w->shape.clinical > 0 ? w->shape.clinical : 1;
@@ -146,6 +149,11 @@ static ps_status build_model(ps_wl_model *w) {
   int64_t global_cap = (int64_t)cfg->train.global_batch;
   if (w->shape.n_total > global_cap) global_cap = w->shape.n_total;
   PS_TRY(ps_cox_dist_create(&w->cox, w->comm, global_cap));
+  ps_param_table *bt = ps_model_buffers(w->model);
+  if (w->A > 1 && bt && bt->total > 0) {
+    w->bn_saved = calloc((size_t)bt->total, sizeof(float));
+    if (!w->bn_saved) PS_FAIL(PS_ERR_MEM, "copy of %lld BatchNorm statistics", (long long)bt->total);
+  }
   return PS_OK;
 }
 
@@ -249,6 +257,9 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   if (ts->step_in_epoch == 0) PS_TRY(ps_wl_data_train_begin(w->data, ts->epoch, 0));
   ps_param_table *pt = ps_model_params(w->model);
   ps_param_zero_grad(pt);
+  // BatchNorm running statistics are updated by the second pass only: keep them across pass 1.
+  ps_param_table *bt = ps_model_buffers(w->model);
+  if (w->bn_saved) memcpy(w->bn_saved, bt->data, sizeof(float) * (size_t)bt->total);
   // Pass 1 (A > 1) or the only forward (A = 1): eta of every micro-batch of the window.
   ps_wl_batch cur = {0};
   int64_t present_local = 0, window_n = 0;
@@ -268,6 +279,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     for (int64_t i = 0; i < cur.b; i++) w->eta_d[window_n + i] = w->eta[i];
     window_n += cur.b;
   }
+  if (w->bn_saved) memcpy(bt->data, w->bn_saved, sizeof(float) * (size_t)bt->total);
   // Cox loss over the global window: contiguous local arrays (time/event/cohort/index).
   double *lt = w->v_time, *leta = w->eta_d;
   uint8_t *le = w->v_event;
@@ -468,7 +480,7 @@ void ps_wl_model_destroy(void *vw) {
   if (w->data) ps_wl_data_close(w->data);
   void *bufs[] = {w->w_b, w->eta, w->eta_d, w->grad_d, w->deta, w->v_time, w->v_eta, w->v_event, w->v_cohort,
                   w->v_index, w->counts, w->w_index, w->w_time, w->w_event, w->w_cohort, w->w_omics, w->w_op,
-                  w->w_cp, w->w_clin, w->w_slide, w->w_ntiles};
+                  w->w_cp, w->w_clin, w->w_slide, w->w_ntiles, w->bn_saved};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
   free(w);
 }
