@@ -298,3 +298,42 @@ ps_status ps_wl_read_tile_coords(const char *path, const int64_t *rows, int64_t 
   H5Fclose(f);
   return s;
 }
+
+// The normalization travels in checkpoints as a float blob: element 0 and 1
+// hold the byte length (low and high 16 bits, exact in float), then the bytes.
+int64_t ps_wl_data_norm_blob_len(const ps_wl_data *d) {
+  return 2 + (int64_t)((ps_norm_serialized_size(&d->norm) + 3) / 4);
+}
+
+ps_status ps_wl_data_norm_blob(const ps_wl_data *d, float *blob, int64_t n) {
+  size_t len = ps_norm_serialized_size(&d->norm);
+  PS_REQUIRE(n == 2 + (int64_t)((len + 3) / 4) && len < ((size_t)1 << 32), "normalization blob size");
+  memset(blob, 0, sizeof(float) * (size_t)n);
+  blob[0] = (float)(len & 0xffff);
+  blob[1] = (float)(len >> 16);
+  return ps_norm_serialize(&d->norm, blob + 2, len);
+}
+
+ps_status ps_wl_data_use_norm(ps_wl_data *d, const float *blob, int64_t n, const char *what) {
+  size_t len = (size_t)blob[0] + ((size_t)blob[1] << 16);
+  if (n < 2 || len > (size_t)(n - 2) * 4) PS_FAIL(PS_ERR_FORMAT, "%s: normalization blob of %zu bytes in %lld floats", what, len, (long long)n);
+  ps_norm nm;
+  memset(&nm, 0, sizeof nm);
+  PS_TRY(ps_norm_deserialize(&nm, blob + 2, len));
+  const ps_cohort_info *info = ps_cohort_get_info(d->cohort);
+  ps_status s = PS_OK;
+  if (nm.g_in != info->g || nm.g_sel != d->norm.g_sel)
+    s = ps_error_set(PS_ERR_DATA, __FILE__, __LINE__, "%s was trained on %lld genes (%lld kept), %s has %lld genes",
+                     what, (long long)nm.g_in, (long long)nm.g_sel, d->cfg->data.path, (long long)info->g);
+  else if (nm.c != info->c)
+    s = ps_error_set(PS_ERR_DATA, __FILE__, __LINE__, "%s was trained on %lld clinical columns, %s has %lld", what,
+                     (long long)nm.c, d->cfg->data.path, (long long)info->c);
+  if (s != PS_OK) {
+    ps_norm_free(&nm);
+    return s;
+  }
+  // Same shapes: replace the statistics in place (the loaders keep a pointer to d->norm).
+  ps_norm_free(&d->norm);
+  d->norm = nm;
+  return PS_OK;
+}

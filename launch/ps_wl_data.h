@@ -68,6 +68,12 @@ int64_t ps_wl_data_tile_row(const ps_wl_data *d, int64_t index, int64_t entry);
 // Reads /slides/coords (slide, x, y) of the given tile rows (-1 rows stay -1)
 // with a serial open of `path` (call after the cohort is closed). out: (n, 3).
 ps_status ps_wl_read_tile_coords(const char *path, const int64_t *rows, int64_t n, int32_t *out);
+// Training-split normalization as a float blob for checkpoints (length from _len).
+int64_t ps_wl_data_norm_blob_len(const ps_wl_data *d);
+ps_status ps_wl_data_norm_blob(const ps_wl_data *d, float *blob, int64_t n);
+// Replaces the normalization fitted on this file by the one stored with a model
+// (evaluation on another cohort); refuses other gene or clinical columns.
+ps_status ps_wl_data_use_norm(ps_wl_data *d, const float *blob, int64_t n, const char *what);
 const double *ps_wl_data_truth(const ps_wl_data *d); // (N) or NULL
 int ps_wl_data_part_of(const ps_wl_data *d, int64_t index); // ps_wl_part
 

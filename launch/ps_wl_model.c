@@ -432,9 +432,15 @@ static ps_status wl_save(void *vw, const ps_train_state *ts, const char *config_
   st[5] = (float)ts->bad_epochs;
   st[6] = (float)ts->step_in_epoch;
   st[7] = 0;
-  ps_ckpt_blob blobs[1] = {{"launch_state", st, 8}};
+  int64_t nb = ps_wl_data_norm_blob_len(w->data);
+  float *norm = malloc(sizeof(float) * (size_t)nb);
+  if (!norm) PS_FAIL(PS_ERR_MEM, "normalization blob");
+  ps_status s = ps_wl_data_norm_blob(w->data, norm, nb);
+  ps_ckpt_blob blobs[2] = {{"launch_state", st, 8}, {"normalization", norm, nb}};
   ps_ckpt_state cs = {ts->step, ts->epoch, (uint64_t)w->cfg->train.seed, ts->step_in_epoch};
-  return ps_checkpoint_write(path, w->model, &w->optim, &cs, blobs, 1, config_text);
+  if (s == PS_OK) s = ps_checkpoint_write(path, w->model, &w->optim, &cs, blobs, 2, config_text);
+  free(norm);
+  return s;
 }
 
 static ps_status wl_load(void *vw, ps_train_state *ts, const char *path) {
@@ -551,7 +557,17 @@ ps_wl_data *ps_wl_model_data(void *vw) { return ((ps_wl_model *)vw)->data; }
 ps_status ps_wl_model_load_params(void *vw, const char *path) {
   ps_wl_model *w = vw;
   ps_ckpt_state cs;
-  return ps_checkpoint_read(path, w->model, NULL, &cs);
+  PS_TRY(ps_checkpoint_read(path, w->model, NULL, &cs));
+  // The model's own normalization (fitted on its training split), not one refitted on this file.
+  int64_t nb = ps_wl_data_norm_blob_len(w->data);
+  float *norm = malloc(sizeof(float) * (size_t)nb);
+  if (!norm) PS_FAIL(PS_ERR_MEM, "normalization blob");
+  ps_status s = ps_checkpoint_read_blob(path, "normalization", norm, nb);
+  if (s != PS_OK) ps_error_wrap(s, "%s: normalization statistics (other genes or clinical columns than %s?)", path,
+                                w->cfg->data.path);
+  else s = ps_wl_data_use_norm(w->data, norm, nb, path);
+  free(norm);
+  return s;
 }
 
 ps_status ps_wl_model_predict(void *vw, ps_wl_part part, ps_wl_predict_fn each, void *ctx, int64_t *n,

@@ -103,6 +103,11 @@ eval)
     check "grep -q '\"$k\"' $work/ev/metrics.json" "metrics.json lacks $k"
   done
   check 'head -1 $work/ev/top_tiles.csv | grep -q "id,rank,bag_entry,attention,tile_row,slide,x,y"' "top_tiles.csv header"
+  # another cohort with the same genes and clinical columns: scored with the model's own
+  # training-split normalization (stored in the checkpoint)
+  "$bin" sim --out "$work/tiny2.h5" --patients 300 --genes 40 --tiles 3 --tile-size 16 --seed 9 >/dev/null
+  "$bin" eval --checkpoint "$work/runs/e/checkpoints/best.h5" --data "$work/tiny2.h5" --out "$work/ev2" --bootstrap 0 >/dev/null || fail=1
+  check '[ -s $work/ev2/metrics.json ]' "eval on another cohort of the same shape failed"
   n=$(($(wc -l < $work/ev/predictions.csv) - 1)); nj=$(sed -n 's/.*"n": \([0-9]*\).*/\1/p' $work/ev/metrics.json | head -1)
   check '[ "$n" = "$nj" ] && [ "$n" -gt 50 ]' "predictions.csv has $n rows, metrics n=$nj" ;;
 badinput)
