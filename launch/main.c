@@ -10,6 +10,10 @@ int ps_cmd_metrics(int argc, char **argv); // cmd_metrics.c (survival)
 
 static const ps_command commands[] = {
     {"bench", ps_cmd_bench, "benchmarks: gemm, comm, survival, io, model"},
+    {"train", ps_cmd_train, "train from a YAML config (mpirun/srun; --resume auto|PATH)"},
+    {"cv", ps_cmd_cv, "k-fold cross-validation (one fold per SLURM array task with --fold)"},
+    {"eval", ps_cmd_eval, "evaluate a checkpoint on a split: predictions, metrics JSON, PNG plots"},
+    {"config", ps_cmd_config, "print the resolved config, or the key reference (--markdown)"},
     {"coxph", ps_cmd_coxph, "classical Cox fit on a CSV (as R survival::coxph)"},
     {"metrics", ps_cmd_metrics, "C-indices, td-AUC, Brier/IBS, Kaplan-Meier, log-rank on a CSV"},
     {"sim", ps_cmd_sim, "simulate a multimodal cohort with known ground truth"},

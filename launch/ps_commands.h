@@ -9,6 +9,10 @@ typedef struct {
 } ps_command;
 
 int ps_cmd_bench(int argc, char **argv);
+int ps_cmd_train(int argc, char **argv);
+int ps_cmd_config(int argc, char **argv);
+int ps_cmd_eval(int argc, char **argv);
+int ps_cmd_cv(int argc, char **argv);
 int ps_cmd_sim(int argc, char **argv);
 int ps_cmd_check(int argc, char **argv);
 int ps_cmd_prep(int argc, char **argv);

@@ -7,7 +7,8 @@ want=(build-essential cmake pkg-config git ca-certificates
       libyaml-dev libopenblas-dev libopenslide-dev zlib1g-dev gnuplot-nox)
 case "${1:-build}" in
   test) want+=(libvips-tools slurm-wlm munge python3 clang libclang-rt-14-dev procps) ;;
-  demo|build) ;;
+  demo) want+=(python3) ;;   # scripts/demo.sh glues the baseline with python3 (stdlib only)
+  build) ;;
   *) echo "usage: $0 [build|test|demo]" >&2; exit 2 ;;
 esac
 missing=()
