@@ -8,12 +8,16 @@
 // (OC, P) = w (OC, CKK) · col. Images run in parallel (OpenMP over the batch),
 // each thread owning a workspace slice, with OpenBLAS held to one thread
 // inside the region so the two thread pools do not oversubscribe cores.
-// The lowering lives behind conv_forward_im2col / conv_backward_im2col so a
-// faster one (e.g. a direct 3x3 kernel or a batched implicit GEMM) can replace
-// it without touching the public API or the workspace contract.
+// The weight gradient of narrow lowerings (the 3-channel first layer) runs on
+// an AVX-512 kernel (ops_conv_avx512.c) when the CPU has it. The lowering
+// lives behind conv_forward_im2col / conv_backward_im2col so a faster one can
+// replace it without touching the public API or the workspace contract;
+// docs/conv.md records what was measured (batching images per GEMM was not
+// faster).
 #include <omp.h>
 #include <string.h>
 
+#include "ops_conv_kernels.h"
 #include "ops_internal.h"
 
 typedef struct {
@@ -113,6 +117,22 @@ static void col2im_add(float *dx, const float *col, const conv_dims *d) {
       }
 }
 
+static ps_conv_kernel conv_forced = PS_CONV_KERNEL_AUTO;
+void ps_conv_force_kernel(ps_conv_kernel k) { conv_forced = k < PS_CONV_KERNEL_COUNT ? k : PS_CONV_KERNEL_AUTO; }
+
+// The weight gradient runs on the AVX-512 kernel when its output is narrow
+// (CKK <= 64: the first layer's 27, where single-threaded OpenBLAS reached
+// 26% of its 1024^3 rate against the kernel's 40%, pansurv bench gemm
+// --conv-kernel; docs/conv.md). Everything else stays on OpenBLAS, which was
+// as fast or faster for these shapes. With several threads but images running
+// one after another, each GEMM is split across threads by ps_ops_sgemm, which
+// the kernel does not do: BLAS then.
+static bool conv_dw_avx512(const conv_dims *d, int T) {
+  bool split = T == 1 && !omp_in_parallel() && omp_get_max_threads() > 1;
+  if (conv_forced == PS_CONV_KERNEL_BLAS || split || !ps_conv_have_avx512()) return false;
+  return conv_forced == PS_CONV_KERNEL_AVX512 || d->CKK <= 64;
+}
+
 // A 1x1, stride 1, unpadded kernel needs no lowering: the image already is col.
 static bool conv_is_pointwise(const conv_dims *d) {
   return d->KH == 1 && d->KW == 1 && d->sh == 1 && d->sw == 1 && d->ph == 0 && d->pw == 0;
@@ -141,6 +161,7 @@ static void conv_forward_im2col(float *y, const float *x, const float *w, const 
 static void conv_backward_im2col(float *dx, float *dw, const float *g, const float *x, const float *w,
                                  const conv_dims *d, float *ws, int T) {
   const int64_t slice = conv_slice_floats(d), wn = d->OC * d->CKK;
+  const bool dw_avx512 = dw && conv_dw_avx512(d, T);
   // With one thread dw accumulates in place; with several each owns a partial, summed in thread order.
   if (dw && T > 1)
     for (int t = 0; t < T; t++) memset(ws + t * slice + d->CKK * d->P, 0, (size_t)wn * sizeof(float));
@@ -156,7 +177,8 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
         c = col;
       }
       // dw (OC, CKK) += dout[n] (OC, P) · col^T (P, CKK)
-      ps_ops_sgemm(false, true, d->OC, d->CKK, d->P, 1.0f, gn, d->P, c, d->P, 1.0f, dwt, d->CKK);
+      if (dw_avx512) ps_conv_gemm_nt_avx512(d->OC, d->CKK, d->P, gn, d->P, c, d->P, dwt, d->CKK);
+      else ps_ops_sgemm(false, true, d->OC, d->CKK, d->P, 1.0f, gn, d->P, c, d->P, 1.0f, dwt, d->CKK);
     }
     if (dx) {
       float *dxn = dx + n * d->C * d->H * d->W;
