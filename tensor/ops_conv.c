@@ -68,8 +68,55 @@ int64_t ps_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w, cons
   return conv_plan_threads(&d) * conv_slice_floats(&d);
 }
 
+// "Same" stride-1 convolutions (OW == W, e.g. 3x3 pad 1) have a shifted plane
+// per tap: the image's rows and the tap's rows have the same stride, so one
+// tap is one contiguous run of the image (its flat index shifted by
+// (kh-ph)*W + kw-pw), except the columns that wrap into the neighbouring row,
+// which are out-of-image taps. One memcpy/add per tap instead of one per row.
+static bool conv_same_stride1(const conv_dims *d) { return d->sh == 1 && d->sw == 1 && d->OW == d->W; }
+
+// Output rows [*lo, *hi) whose tap row oh - ph + kh lies inside the image.
+static void tap_rows(const conv_dims *d, int64_t kh, int64_t *lo, int64_t *hi) {
+  *lo = d->ph - kh > 0 ? d->ph - kh : 0;
+  *hi = d->H + d->ph - kh < d->OH ? d->H + d->ph - kh : d->OH;
+  if (*hi < *lo) *hi = *lo;
+}
+
+// Zeroes the columns of rows [lo, hi) of a tap plane (OH, OW) whose input column ow - pw + kw is outside [0, W).
+static void zero_wrapped(float *plane, const conv_dims *d, int64_t kw, int64_t lo, int64_t hi) {
+  int64_t left = d->pw - kw, right = d->W + d->pw - kw; // valid ow in [left, right)
+  for (int64_t oh = lo; oh < hi; oh++) {
+    float *row = plane + oh * d->OW;
+    for (int64_t ow = 0; ow < left && ow < d->OW; ow++) row[ow] = 0.0f;
+    for (int64_t ow = right > 0 ? right : 0; ow < d->OW; ow++) row[ow] = 0.0f;
+  }
+}
+
+static void im2col_same(float *col, const float *x, const conv_dims *d) {
+  const int64_t HW = d->H * d->W, CHW = d->C * HW;
+  for (int64_t c = 0; c < d->C; c++)
+    for (int64_t kh = 0; kh < d->KH; kh++) {
+      int64_t lo, hi;
+      tap_rows(d, kh, &lo, &hi);
+      for (int64_t kw = 0; kw < d->KW; kw++) {
+        float *dst = col + ((c * d->KH + kh) * d->KW + kw) * d->P;
+        memset(dst, 0, (size_t)(lo * d->OW) * sizeof(float));
+        memset(dst + hi * d->OW, 0, (size_t)((d->OH - hi) * d->OW) * sizeof(float));
+        // Flat run [s0, s0 + n) of x; ends outside the image are wrapped columns (zeroed below).
+        int64_t s0 = c * HW + (lo - d->ph + kh) * d->W + kw - d->pw, n = (hi - lo) * d->OW;
+        int64_t a = s0 < 0 ? -s0 : 0, b = s0 + n > CHW ? CHW - s0 : n;
+        if (b > a) memcpy(dst + lo * d->OW + a, x + s0 + a, (size_t)(b - a) * sizeof(float));
+        zero_wrapped(dst, d, kw, lo, hi);
+      }
+    }
+}
+
 // col (CKK, P) from one image x (C, H, W); out-of-image taps are 0.
 static void im2col(float *col, const float *x, const conv_dims *d) {
+  if (conv_same_stride1(d)) {
+    im2col_same(col, x, d);
+    return;
+  }
   for (int64_t c = 0; c < d->C; c++)
     for (int64_t kh = 0; kh < d->KH; kh++)
       for (int64_t kw = 0; kw < d->KW; kw++) {
@@ -95,8 +142,31 @@ static void im2col(float *col, const float *x, const conv_dims *d) {
       }
 }
 
-// dx (C, H, W) += col2im(col (CKK, P)), the adjoint of im2col.
-static void col2im_add(float *dx, const float *col, const conv_dims *d) {
+// col2im_add for conv_same_stride1: zeroes the wrapped columns of col (scratch) and adds each tap as one run.
+static void col2im_add_same(float *dx, float *col, const conv_dims *d) {
+  const int64_t HW = d->H * d->W, CHW = d->C * HW;
+  for (int64_t c = 0; c < d->C; c++)
+    for (int64_t kh = 0; kh < d->KH; kh++) {
+      int64_t lo, hi;
+      tap_rows(d, kh, &lo, &hi);
+      for (int64_t kw = 0; kw < d->KW; kw++) {
+        float *src = col + ((c * d->KH + kh) * d->KW + kw) * d->P;
+        zero_wrapped(src, d, kw, lo, hi);
+        int64_t s0 = c * HW + (lo - d->ph + kh) * d->W + kw - d->pw, n = (hi - lo) * d->OW;
+        int64_t a = s0 < 0 ? -s0 : 0, b = s0 + n > CHW ? CHW - s0 : n;
+        float *dst = dx + s0 + a;
+        const float *run = src + lo * d->OW + a;
+        for (int64_t i = 0; i < b - a; i++) dst[i] += run[i];
+      }
+    }
+}
+
+// dx (C, H, W) += col2im(col (CKK, P)), the adjoint of im2col; col is scratch (may be modified).
+static void col2im_add(float *dx, float *col, const conv_dims *d) {
+  if (conv_same_stride1(d)) {
+    col2im_add_same(dx, col, d);
+    return;
+  }
   for (int64_t c = 0; c < d->C; c++)
     for (int64_t kh = 0; kh < d->KH; kh++)
       for (int64_t kw = 0; kw < d->KW; kw++) {
@@ -162,13 +232,19 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
                                  const conv_dims *d, float *ws, int T) {
   const int64_t slice = conv_slice_floats(d), wn = d->OC * d->CKK;
   const bool dw_avx512 = dw && conv_dw_avx512(d, T);
-  // With one thread dw accumulates in place; with several each owns a partial, summed in thread order.
-  if (dw && T > 1)
+  // On OpenBLAS, dw is computed transposed, dw^T (CKK, OC) += col (CKK, P) ·
+  // dout[n]^T: the long side of the output then runs along M, where OpenBLAS'
+  // kernels are 1.1-1.3x faster for these shapes than with OC x CKK (docs/conv.md).
+  const bool dw_trans = dw && !dw_avx512;
+  // With one thread and no transpose dw accumulates in place; otherwise each
+  // thread owns a partial in its workspace slice, summed in thread order.
+  const bool partial = dw && (T > 1 || dw_trans);
+  if (partial)
     for (int t = 0; t < T; t++) memset(ws + t * slice + d->CKK * d->P, 0, (size_t)wn * sizeof(float));
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
   for (int64_t n = 0; n < d->N; n++) {
     int t = omp_get_thread_num();
-    float *col = ws + t * slice, *dwt = T > 1 ? col + d->CKK * d->P : dw;
+    float *col = ws + t * slice, *dwt = partial ? col + d->CKK * d->P : dw;
     const float *xn = x + n * d->C * d->H * d->W, *gn = g + n * d->OC * d->P;
     if (dw) {
       const float *c = xn;
@@ -178,6 +254,7 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
       }
       // dw (OC, CKK) += dout[n] (OC, P) · col^T (P, CKK)
       if (dw_avx512) ps_conv_gemm_nt_avx512(d->OC, d->CKK, d->P, gn, d->P, c, d->P, dwt, d->CKK);
+      else if (dw_trans) ps_ops_sgemm(false, true, d->CKK, d->OC, d->P, 1.0f, c, d->P, gn, d->P, 1.0f, dwt, d->OC);
       else ps_ops_sgemm(false, true, d->OC, d->CKK, d->P, 1.0f, gn, d->P, c, d->P, 1.0f, dwt, d->CKK);
     }
     if (dx) {
@@ -189,10 +266,14 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
       if (!pw) col2im_add(dxn, col, d);
     }
   }
-  if (dw && T > 1)
+  if (partial)
     for (int t = 0; t < T; t++) {
       const float *part = ws + t * slice + d->CKK * d->P;
-      for (int64_t i = 0; i < wn; i++) dw[i] += part[i];
+      if (!dw_trans)
+        for (int64_t i = 0; i < wn; i++) dw[i] += part[i];
+      else
+        for (int64_t o = 0; o < d->OC; o++)
+          for (int64_t k = 0; k < d->CKK; k++) dw[o * d->CKK + k] += part[k * d->OC + o];
     }
 }
 

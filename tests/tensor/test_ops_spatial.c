@@ -207,7 +207,8 @@ static void expect_close_mag(const char *what, const float *got, const double *w
 // Each GEMM path of the lowering (OpenBLAS; the AVX-512 weight-gradient kernel
 // where the CPU has AVX-512F; the automatic choice) at 1 and 2 threads against
 // the double reference: the three reference-model layers (batch cut to 2),
-// stride 2, pad 0, 5x5, odd batches (2 threads: images unevenly split), output
+// stride 2, pad 0, 5x5, the "same"-convolution run copies of im2col/col2im
+// (OW == W) with and without row padding, odd batches (2 threads: images unevenly split), output
 // positions not a multiple of 16 (masked K tail) and channel counts that are
 // not multiples of the 8 x 3 register tile.
 static int test_conv_kernels(void) {
@@ -221,6 +222,8 @@ static int test_conv_kernels(void) {
       {3, 3, 9, 7, 5, 3, 3, {2, 2, 1, 1}},      // stride 2, P = 20
       {3, 4, 7, 9, 6, 3, 3, {1, 1, 0, 0}},      // pad 0, P = 35
       {3, 2, 11, 10, 5, 5, 5, {1, 1, 2, 2}},    // 5x5: CKK 50, P 110
+      {2, 3, 6, 8, 4, 3, 3, {1, 1, 0, 1}},      // one-tap-run im2col with OH != H (pad only along W)
+      {2, 2, 5, 6, 3, 1, 3, {1, 1, 1, 1}},      // 1x3 with row padding: whole tap planes outside the image
   };
   static const char *const kname[] = {"auto", "blas", "avx512"};
   for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
