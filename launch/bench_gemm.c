@@ -61,8 +61,10 @@ static const bench_case cases[] = {
     {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
 };
 
-// --clock cpu: process CPU time, which on a shared, oversubscribed machine leaves
-// out the time the benchmark was descheduled (meaningful at 1 thread only).
+// --clock cpu: CPU time of the calling thread, which on a shared, oversubscribed
+// machine leaves out the time the benchmark was descheduled. At 1 thread all the
+// work runs on the calling thread; process CPU time would also count OpenBLAS'
+// idle pool thread, seen spinning in sched_yield for ~20% of the samples (perf).
 static clockid_t bench_clock = CLOCK_MONOTONIC;
 
 static double now_us(void) {
@@ -345,7 +347,8 @@ static int usage(FILE *f) {
              "  --threads T sets OpenMP and OpenBLAS threads for both sides (default: as the environment says).\n"
              "  --batch B: tiles per conv case (default 64; a training step of the reference model has 1024).\n"
              "  --conv-kernel auto|blas|avx512: the GEMM of the conv weight gradient (default auto: per shape).\n"
-             "  --clock cpu: time by process CPU time (1 thread on a shared machine; default wall).\n"
+             "  --clock cpu: time by the calling thread's CPU time (with --threads 1, for a shared machine;\n"
+             "  default wall).\n"
              "  --conv-only: skip the GEMM and linear rows. %%ceil is GFLOP/s over the ceiling: a raw 1024^3\n"
              "  cblas_sgemm (NN) timed at the start of the same run.\n");
   return f == stdout ? 0 : 2;
@@ -372,7 +375,7 @@ int ps_bench_gemm(int argc, char **argv) {
     else if (!strcmp(argv[i], "--batch") && parse_int(v, 1, &batch)) i++;
     else if (!strcmp(argv[i], "--conv-only")) conv_only = true;
     else if (!strcmp(argv[i], "--clock") && v && (!strcmp(v, "cpu") || !strcmp(v, "wall"))) {
-      bench_clock = !strcmp(v, "cpu") ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
+      bench_clock = !strcmp(v, "cpu") ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
       i++;
     }
     else if (!strcmp(argv[i], "--conv-kernel") && v && parse_kernel(v, &kernel)) i++;
@@ -382,6 +385,10 @@ int ps_bench_gemm(int argc, char **argv) {
     }
   }
   ps_ops_set_threads(threads);
+  if (bench_clock != CLOCK_MONOTONIC && ps_ops_get_threads() != 1) {
+    fprintf(stderr, "pansurv bench gemm: --clock cpu times the calling thread only: use it with --threads 1\n");
+    return 2;
+  }
   ps_conv_force_kernel(kernel);
   char loadavg[64] = "?";
   FILE *la = fopen("/proc/loadavg", "r");
@@ -396,7 +403,7 @@ int ps_bench_gemm(int argc, char **argv) {
          "OPENBLAS_L2_SIZE=%s\n",
          ps_ops_get_threads(), openblas_get_config(), core ? core : "(unset)", l2 ? l2 : "(unset)");
   printf("# conv kernel: %s; clock: %s; load average at start: %s\n", kernel_names[kernel],
-         bench_clock == CLOCK_MONOTONIC ? "wall" : "process CPU time", loadavg);
+         bench_clock == CLOCK_MONOTONIC ? "wall" : "CPU time of the calling thread", loadavg);
   printf("# warm-up %d, median of %d timed iterations; raw = cblas_sgemm of the equivalent GEMM "
          "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product; conv_bwd: the dw and dcol products, "
          "din+dw+db timed)\n",
