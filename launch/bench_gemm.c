@@ -12,12 +12,22 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops_conv_kernels.h" // ps_conv_force_kernel: --conv-kernel compares the conv GEMM paths
 #include "ps_commands.h"
 #include "ps_ops.h"
 #include "ps_rng.h"
 
-typedef enum { BENCH_GEMM = 0, BENCH_LINEAR, BENCH_CONV, BENCH_CONV_BWD, BENCH_KIND_COUNT } bench_kind;
-static const char *const bench_kind_names[] = {"gemm", "linear", "conv2d", "conv_bwd"};
+// conv_dx / conv_dw: ps_conv2d_backward with only din / only dw (+db) requested.
+typedef enum {
+  BENCH_GEMM = 0,
+  BENCH_LINEAR,
+  BENCH_CONV,
+  BENCH_CONV_DX,
+  BENCH_CONV_DW,
+  BENCH_CONV_BWD,
+  BENCH_KIND_COUNT
+} bench_kind;
+static const char *const bench_kind_names[] = {"gemm", "linear", "conv2d", "conv_dx", "conv_dw", "conv_bwd"};
 _Static_assert(sizeof bench_kind_names / sizeof bench_kind_names[0] == BENCH_KIND_COUNT, "bench kind names");
 
 typedef struct {
@@ -28,7 +38,8 @@ typedef struct {
 } bench_case;
 
 // The reference model's shapes: GEMMs of its heads, the tile encoder's convs
-// (a batch of 64 tiles, 3->32 at 64x64, 32->64 at 32x32, 64->128 at 16x16).
+// (3->32 at 64x64, 32->64 at 32x32, 64->128 at 16x16; B = --batch tiles, 64
+// by default, 1024 in a training step of 64 patients x 16 tiles).
 static const bench_case cases[] = {
     {BENCH_GEMM, 1024, 1024, 1024, false, false, false, 0, 0, 0, 0, 0},
     {BENCH_GEMM, 512, 2048, 512, false, true, false, 0, 0, 0, 0, 0},
@@ -39,14 +50,26 @@ static const bench_case cases[] = {
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
     {BENCH_CONV, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
+    {BENCH_CONV_DX, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
+    {BENCH_CONV_DX, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
+    {BENCH_CONV_DX, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
+    {BENCH_CONV_DW, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
+    {BENCH_CONV_DW, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
+    {BENCH_CONV_DW, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
     {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 3, 64, 64, 32},
     {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 32, 32, 32, 64},
     {BENCH_CONV_BWD, 0, 0, 0, false, false, true, 64, 64, 16, 16, 128},
 };
 
+// --clock cpu: CPU time of the calling thread, which on a shared, oversubscribed
+// machine leaves out the time the benchmark was descheduled. At 1 thread all the
+// work runs on the calling thread; process CPU time would also count OpenBLAS'
+// idle pool thread, seen spinning in sched_yield for ~20% of the samples (perf).
+static clockid_t bench_clock = CLOCK_MONOTONIC;
+
 static double now_us(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(bench_clock, &ts);
   return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
 }
 
@@ -76,7 +99,7 @@ typedef struct {
   ps_tensor out, a, b, bias, ws; // conv_bwd: out is dout
   ps_tensor din, dw, db;         // conv_bwd only
   ps_conv2d_params p;
-  raw_gemm raw[2]; // the equivalent GEMM(s); conv_bwd has two (dw and dcol)
+  raw_gemm raw[2]; // the equivalent GEMM(s); conv_bwd has two (dw and dcol), conv_dx/conv_dw one
   int nraw;
 } bench_state;
 
@@ -85,6 +108,8 @@ static ps_status run_op(bench_state *s) {
   case BENCH_GEMM: return ps_gemm(&s->out, &s->a, s->c->ta, &s->b, s->c->tb, s->c->bias ? &s->bias : NULL, 1, 0);
   case BENCH_LINEAR: return ps_linear_forward(&s->out, &s->a, &s->b, &s->bias);
   case BENCH_CONV: return ps_conv2d_forward(&s->out, &s->a, &s->b, &s->bias, &s->p, &s->ws);
+  case BENCH_CONV_DX: return ps_conv2d_backward(&s->din, NULL, NULL, &s->out, &s->a, &s->b, &s->p, &s->ws);
+  case BENCH_CONV_DW: return ps_conv2d_backward(NULL, &s->dw, &s->db, &s->out, &s->a, &s->b, &s->p, &s->ws);
   default: return ps_conv2d_backward(&s->din, &s->dw, &s->db, &s->out, &s->a, &s->b, &s->p, &s->ws);
   }
 }
@@ -165,7 +190,8 @@ static int64_t count_wrong(const bench_state *s) {
   int64_t wrong = 0;
   ps_rng r = ps_rng_make(7, ps_rng_stream(PS_RNG_TEST, 99, 0, 0));
   // float accumulation error is well below 1e-4 of the summed |terms|; a wrong index is O(1) off.
-  if (s->c->kind != BENCH_CONV_BWD) {
+  bench_kind kind = s->c->kind;
+  if (kind != BENCH_CONV_BWD && kind != BENCH_CONV_DX && kind != BENCH_CONV_DW) {
     int64_t n = ps_tensor_numel(&s->out);
     for (int i = 0; i < SAMPLES; i++) {
       int64_t idx = i == 0 ? 0 : i == 1 ? n - 1 : (int64_t)ps_rng_below(&r, (uint64_t)i, (uint64_t)n);
@@ -174,7 +200,7 @@ static int64_t count_wrong(const bench_state *s) {
     }
     return wrong;
   }
-  for (int which = 0; which < 2; which++) {
+  for (int which = kind == BENCH_CONV_DW; which < (kind == BENCH_CONV_DX ? 1 : 2); which++) {
     const ps_tensor *t = which ? &s->dw : &s->din;
     int64_t n = ps_tensor_numel(t);
     for (int i = 0; i < (which ? SAMPLES_DW : SAMPLES); i++) {
@@ -184,6 +210,7 @@ static int64_t count_wrong(const bench_state *s) {
     }
   }
   // db[o] = sum of dout over (n, p)
+  if (kind == BENCH_CONV_DX) return wrong;
   for (int64_t o = 0; o < s->c->OC; o++) {
     double acc = 0, mag = 0;
     for (int64_t n = 0; n < s->c->B; n++)
@@ -212,6 +239,8 @@ static void state_free(bench_state *s) {
     if (s->raw[i].a != s->a.data) free(s->raw[i].a);
   }
 }
+
+static bool is_conv_bwd(bench_kind k) { return k == BENCH_CONV_DX || k == BENCH_CONV_DW || k == BENCH_CONV_BWD; }
 
 static int state_init(bench_state *s, const bench_case *c, char *shape, size_t shape_len, double *flops) {
   memset(s, 0, sizeof *s);
@@ -255,28 +284,73 @@ static int state_init(bench_state *s, const bench_case *c, char *shape, size_t s
       s->din = ps_tensor_wrap(alloc_uniform(c->B * c->C * P, 9), PS_F32, PS_CPU, 4, (int64_t[]){c->B, c->C, c->H, c->W});
       s->dw = ps_tensor_wrap(alloc_uniform(c->OC * CKK, 10), PS_F32, PS_CPU, 4, (int64_t[]){c->OC, c->C, 3, 3});
       s->db = ps_tensor_wrap(alloc_uniform(c->OC, 11), PS_F32, PS_CPU, 1, (int64_t[]){c->OC});
-      s->nraw = 2;
-      s->raw[0] = (raw_gemm){iM, iK, iN, false, true, alloc_uniform(c->OC * c->B * P, 8), alloc_uniform(CKK * c->B * P, 5),
-                             alloc_uniform(c->OC * CKK, 6)};
-      s->raw[1] = (raw_gemm){iK, iN, iM, true, false, alloc_uniform(c->OC * CKK, 12), alloc_uniform(c->OC * c->B * P, 13),
-                             alloc_uniform(CKK * c->B * P, 14)};
-      *flops = 4.0 * c->B * c->OC * P * CKK;
+      if (c->kind != BENCH_CONV_DX)
+        s->raw[s->nraw++] = (raw_gemm){iM, iK, iN, false, true, alloc_uniform(c->OC * c->B * P, 8),
+                                       alloc_uniform(CKK * c->B * P, 5), alloc_uniform(c->OC * CKK, 6)};
+      if (c->kind != BENCH_CONV_DW)
+        s->raw[s->nraw++] = (raw_gemm){iK, iN, iM, true, false, alloc_uniform(c->OC * CKK, 12),
+                                       alloc_uniform(c->OC * c->B * P, 13), alloc_uniform(CKK * c->B * P, 14)};
+      *flops = 2.0 * s->nraw * c->B * c->OC * P * CKK;
     }
     snprintf(shape, shape_len, "%lldx%lldx%lldx%lld->%lld 3x3p1", (long long)c->B, (long long)c->C, (long long)c->H,
              (long long)c->W, (long long)c->OC);
   }
   bool ok = s->a.data && s->b.data && s->bias.data && s->out.data;
   for (int i = 0; i < s->nraw; i++) ok = ok && s->raw[i].a && s->raw[i].b && s->raw[i].c;
-  if (c->kind == BENCH_CONV || c->kind == BENCH_CONV_BWD) ok = ok && s->ws.data;
-  if (c->kind == BENCH_CONV_BWD) ok = ok && s->din.data && s->dw.data && s->db.data;
+  if (c->kind == BENCH_CONV || is_conv_bwd(c->kind)) ok = ok && s->ws.data;
+  if (is_conv_bwd(c->kind)) ok = ok && s->din.data && s->dw.data && s->db.data;
   return ok ? 0 : -1;
 }
 
+// Median GFLOP/s of a raw 1024^3 NN cblas_sgemm with OpenBLAS at the ops' thread count.
+static double measure_ceiling(double *ts, int iters, int warmup) {
+  enum { SZ = 1024 };
+  float *a = alloc_uniform(SZ * SZ, 21), *b = alloc_uniform(SZ * SZ, 22), *c = alloc_uniform(SZ * SZ, 23);
+  double g = 0;
+  if (a && b && c) {
+    raw_gemm r = {SZ, SZ, SZ, false, false, a, b, c};
+    bench_state s = {.raw = {r}, .nraw = 1};
+    openblas_set_num_threads(ps_ops_get_threads());
+    for (int i = 0; i < warmup; i++) run_raw(&s);
+    for (int i = 0; i < iters; i++) {
+      double t0 = now_us();
+      run_raw(&s);
+      ts[i] = now_us() - t0;
+    }
+    ps_ops_set_threads(0);
+    qsort(ts, (size_t)iters, sizeof(double), cmp_double);
+    g = 2.0 * SZ * SZ * SZ / ts[iters / 2] * 1e-3;
+  }
+  free(a);
+  free(b);
+  free(c);
+  return g;
+}
+
+static const char *const kernel_names[] = {"auto", "blas", "avx512"};
+_Static_assert(sizeof kernel_names / sizeof kernel_names[0] == PS_CONV_KERNEL_COUNT, "conv kernel names");
+
+static bool parse_kernel(const char *s, ps_conv_kernel *k) {
+  for (int i = 0; i < PS_CONV_KERNEL_COUNT; i++)
+    if (!strcmp(s, kernel_names[i])) {
+      *k = (ps_conv_kernel)i;
+      return true;
+    }
+  return false;
+}
+
 static int usage(FILE *f) {
-  fprintf(f, "usage: pansurv bench gemm [--iters N] [--warmup N] [--threads T]\n"
+  fprintf(f, "usage: pansurv bench gemm [--iters N] [--warmup N] [--threads T] [--batch B] [--conv-only]\n"
+             "                          [--conv-kernel auto|blas|avx512] [--clock wall|cpu]\n"
              "  GFLOP/s of ps_gemm, ps_linear_forward and ps_conv2d_forward next to raw cblas_sgemm of the\n"
              "  equivalent GEMM; median of N timed iterations after the warm-up; exits 1 if a value is wrong.\n"
-             "  --threads T sets OpenMP and OpenBLAS threads for both sides (default: as the environment says).\n");
+             "  --threads T sets OpenMP and OpenBLAS threads for both sides (default: as the environment says).\n"
+             "  --batch B: tiles per conv case (default 64; a training step of the reference model has 1024).\n"
+             "  --conv-kernel auto|blas|avx512: the GEMM of the conv weight gradient (default auto: per shape).\n"
+             "  --clock cpu: time by the calling thread's CPU time (with --threads 1, for a shared machine;\n"
+             "  default wall).\n"
+             "  --conv-only: skip the GEMM and linear rows. %%ceil is GFLOP/s over the ceiling: a raw 1024^3\n"
+             "  cblas_sgemm (NN) timed at the start of the same run.\n");
   return f == stdout ? 0 : 2;
 }
 
@@ -289,39 +363,70 @@ static bool parse_int(const char *s, int lo, int *out) {
 }
 
 int ps_bench_gemm(int argc, char **argv) {
-  int iters = 20, warmup = 3, threads = 0;
+  int iters = 20, warmup = 3, threads = 0, batch = 64;
+  bool conv_only = false;
+  ps_conv_kernel kernel = PS_CONV_KERNEL_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout);
     if (!strcmp(argv[i], "--iters") && parse_int(v, 1, &iters)) i++;
     else if (!strcmp(argv[i], "--warmup") && parse_int(v, 0, &warmup)) i++;
     else if (!strcmp(argv[i], "--threads") && parse_int(v, 1, &threads)) i++;
+    else if (!strcmp(argv[i], "--batch") && parse_int(v, 1, &batch)) i++;
+    else if (!strcmp(argv[i], "--conv-only")) conv_only = true;
+    else if (!strcmp(argv[i], "--clock") && v && (!strcmp(v, "cpu") || !strcmp(v, "wall"))) {
+      bench_clock = !strcmp(v, "cpu") ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC;
+      i++;
+    }
+    else if (!strcmp(argv[i], "--conv-kernel") && v && parse_kernel(v, &kernel)) i++;
     else {
       fprintf(stderr, "pansurv bench gemm: bad argument '%s'%s%s\n", argv[i], v ? " " : "", v ? v : "");
       return usage(stderr);
     }
   }
   ps_ops_set_threads(threads);
+  if (bench_clock != CLOCK_MONOTONIC && ps_ops_get_threads() != 1) {
+    fprintf(stderr, "pansurv bench gemm: --clock cpu times the calling thread only: use it with --threads 1\n");
+    return 2;
+  }
+  ps_conv_force_kernel(kernel);
+  char loadavg[64] = "?";
+  FILE *la = fopen("/proc/loadavg", "r");
+  if (la) {
+    if (!fgets(loadavg, sizeof loadavg, la)) strcpy(loadavg, "?");
+    loadavg[strcspn(loadavg, "\n")] = 0;
+    fclose(la);
+  }
   const char *core = getenv("OPENBLAS_CORETYPE");
   const char *l2 = getenv("OPENBLAS_L2_SIZE");
   printf("# pansurv bench gemm: %d threads (OpenMP; raw sgemm: OpenBLAS threads), %s, OPENBLAS_CORETYPE=%s "
          "OPENBLAS_L2_SIZE=%s\n",
          ps_ops_get_threads(), openblas_get_config(), core ? core : "(unset)", l2 ? l2 : "(unset)");
+  printf("# conv kernel: %s; clock: %s; load average at start: %s\n", kernel_names[kernel],
+         bench_clock == CLOCK_MONOTONIC ? "wall" : "CPU time of the calling thread", loadavg);
   printf("# warm-up %d, median of %d timed iterations; raw = cblas_sgemm of the equivalent GEMM "
          "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product; conv_bwd: the dw and dcol products, "
          "din+dw+db timed)\n",
          warmup, iters);
-  printf("%-7s %-24s %12s %10s %18s %7s %7s\n", "op", "shape", "time_us", "GFLOP/s", "raw_sgemm_GFLOP/s", "ratio",
-         "#wrong");
   double *ts = malloc((size_t)iters * sizeof(double));
   if (!ts) return 1;
+  double ceiling = measure_ceiling(ts, iters, warmup);
+  printf("# ceiling: raw cblas_sgemm 1024x1024x1024 NN, %d OpenBLAS thread(s): %.1f GFLOP/s\n", ps_ops_get_threads(),
+         ceiling);
+  printf("%-8s %-26s %12s %10s %18s %7s %6s %7s\n", "op", "shape", "time_us", "GFLOP/s", "raw_sgemm_GFLOP/s", "ratio",
+         "%ceil", "#wrong");
   int64_t total_wrong = 0;
   int failed = 0;
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     bench_state s;
     char shape[64];
     double flops;
-    if (state_init(&s, &cases[k], shape, sizeof shape, &flops)) {
+    bench_case bc = cases[k];
+    if (bc.kind == BENCH_GEMM || bc.kind == BENCH_LINEAR) {
+      if (conv_only) continue;
+    } else
+      bc.B = batch;
+    if (state_init(&s, &bc, shape, sizeof shape, &flops)) {
       fprintf(stderr, "pansurv bench gemm: out of memory for %s\n", shape);
       state_free(&s);
       failed = 1;
@@ -342,7 +447,7 @@ int ps_bench_gemm(int argc, char **argv) {
     }
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_op = ts[iters / 2];
-    if (cases[k].kind == BENCH_CONV_BWD) { // backward accumulates: validate one pass from zero
+    if (is_conv_bwd(cases[k].kind)) { // backward accumulates: validate one pass from zero
       ps_tensor_zero(&s.din);
       ps_tensor_zero(&s.dw);
       ps_tensor_zero(&s.db);
@@ -362,8 +467,8 @@ int ps_bench_gemm(int argc, char **argv) {
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_raw = ts[iters / 2];
     double g_op = flops / t_op * 1e-3, g_raw = flops / t_raw * 1e-3;
-    printf("%-7s %-24s %12.1f %10.1f %18.1f %7.2f %7lld\n", bench_kind_names[cases[k].kind], shape, t_op, g_op, g_raw,
-           g_op / g_raw, (long long)wrong);
+    printf("%-8s %-26s %12.1f %10.1f %18.1f %7.2f %5.0f%% %7lld\n", bench_kind_names[cases[k].kind], shape, t_op, g_op,
+           g_raw, g_op / g_raw, 100.0 * g_op / ceiling, (long long)wrong);
     fflush(stdout);
     total_wrong += wrong;
     state_free(&s);

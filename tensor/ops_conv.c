@@ -2,24 +2,35 @@
 //
 // Dimension letters: N batch, C input channels, OC output channels, H/W input
 // height/width, KH/KW kernel, OH/OW output, P = OH*OW output positions,
-// CKK = C*KH*KW the lowered (im2col) inner dimension, T worker threads.
+// CKK = C*KH*KW the lowered (im2col) inner dimension, RB output rows per chunk
+// of the lowering and PB = RB*OW its positions, T worker threads.
 //
-// Convolution is lowered per image: col (CKK, P) = im2col(in[n]); out[n]
-// (OC, P) = w (OC, CKK) · col. Images run in parallel (OpenMP over the batch),
-// each thread owning a workspace slice, with OpenBLAS held to one thread
-// inside the region so the two thread pools do not oversubscribe cores.
-// The lowering lives behind conv_forward_im2col / conv_backward_im2col so a
-// faster one (e.g. a direct 3x3 kernel or a batched implicit GEMM) can replace
-// it without touching the public API or the workspace contract.
+// Convolution is lowered per image and per chunk of output rows: col (CKK,
+// PB) = im2col(in[n], rows); out[n][:, rows] (OC, PB) = w (OC, CKK) · col.
+// Images run in parallel (OpenMP over the batch), each thread owning a
+// workspace slice, with OpenBLAS held to one thread inside the region so the
+// two thread pools do not oversubscribe cores.
+// The weight gradient of narrow lowerings (the 3-channel first layer) runs on
+// an AVX-512 kernel (ops_conv_avx512.c) when the CPU has it. The lowering
+// lives behind conv_forward_im2col / conv_backward_im2col so a faster one can
+// replace it without touching the public API or the workspace contract;
+// docs/conv.md records what was measured (batching images per GEMM was not
+// faster).
 #include <omp.h>
 #include <string.h>
 
+#include "ops_conv_kernels.h"
 #include "ops_internal.h"
 
+// RB output rows form one chunk of the lowering (PB = RB*OW positions): col
+// (CKK, PB) is sized to stay in a 1 MB L2 between im2col writing it and the
+// GEMM reading it (the 32->64 layer's whole-image col is 1.2 MB).
 typedef struct {
-  int64_t N, C, H, W, OC, KH, KW, OH, OW, P, CKK;
+  int64_t N, C, H, W, OC, KH, KW, OH, OW, P, CKK, RB, PB;
   int sh, sw, ph, pw;
 } conv_dims;
+
+enum { CONV_COL_BYTES = 640 * 1024 };
 
 static ps_status conv_dims_of(const char *op, conv_dims *d, const ps_tensor *in, const ps_tensor *w,
                               const ps_conv2d_params *p) {
@@ -46,11 +57,17 @@ static ps_status conv_dims_of(const char *op, conv_dims *d, const ps_tensor *in,
   d->P = d->OH * d->OW;
   d->CKK = d->C * d->KH * d->KW;
   PS_REQUIRE(d->P <= INT_MAX && d->CKK <= INT_MAX && d->OC <= INT_MAX, "%s: sizes exceed the BLAS int range", op);
+  // Rows per chunk: at most CONV_COL_BYTES of col, then balanced over the chunks (>= 1 row).
+  int64_t rmax = CONV_COL_BYTES / ((int64_t)sizeof(float) * (d->CKK * d->OW > 0 ? d->CKK * d->OW : 1));
+  rmax = rmax < 1 ? 1 : rmax;
+  int64_t chunks = d->OH > 0 ? (d->OH + rmax - 1) / rmax : 1;
+  d->RB = d->OH > 0 ? (d->OH + chunks - 1) / chunks : 1;
+  d->PB = d->RB * d->OW;
   return PS_OK;
 }
 
-// One thread's workspace: the lowered image (CKK, P), then a private dw partial (OC, CKK).
-static int64_t conv_slice_floats(const conv_dims *d) { return d->CKK * d->P + d->OC * d->CKK; }
+// One thread's workspace: one lowered chunk (CKK, PB), then a private dw partial (OC, CKK).
+static int64_t conv_slice_floats(const conv_dims *d) { return d->CKK * d->PB + d->OC * d->CKK; }
 
 static int conv_plan_threads(const conv_dims *d) {
   int64_t t = ps_ops_get_threads();
@@ -67,19 +84,68 @@ int64_t ps_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w, cons
   return conv_plan_threads(&d) * conv_slice_floats(&d);
 }
 
-// col (CKK, P) from one image x (C, H, W); out-of-image taps are 0.
-static void im2col(float *col, const float *x, const conv_dims *d) {
+// "Same" stride-1 convolutions (OW == W, e.g. 3x3 pad 1) have a shifted plane
+// per tap: the image's rows and the tap's rows have the same stride, so one
+// tap is one contiguous run of the image (its flat index shifted by
+// (kh-ph)*W + kw-pw), except the columns that wrap into the neighbouring row,
+// which are out-of-image taps. One memcpy/add per tap instead of one per row.
+static bool conv_same_stride1(const conv_dims *d) { return d->sh == 1 && d->sw == 1 && d->OW == d->W; }
+
+// Output rows [*lo, *hi) within [oh0, oh1) whose tap row oh - ph + kh lies inside the image.
+static void tap_rows(const conv_dims *d, int64_t kh, int64_t oh0, int64_t oh1, int64_t *lo, int64_t *hi) {
+  *lo = d->ph - kh > oh0 ? d->ph - kh : oh0;
+  *hi = d->H + d->ph - kh < oh1 ? d->H + d->ph - kh : oh1;
+  if (*hi < *lo) *hi = *lo;
+}
+
+// Zeroes the columns of `rows` rows (OW wide) of a tap plane whose input column ow - pw + kw is outside [0, W).
+static void zero_wrapped(float *plane, const conv_dims *d, int64_t kw, int64_t rows) {
+  int64_t left = d->pw - kw, right = d->W + d->pw - kw; // valid ow in [left, right)
+  for (int64_t r = 0; r < rows; r++) {
+    float *row = plane + r * d->OW;
+    for (int64_t ow = 0; ow < left && ow < d->OW; ow++) row[ow] = 0.0f;
+    for (int64_t ow = right > 0 ? right : 0; ow < d->OW; ow++) row[ow] = 0.0f;
+  }
+}
+
+static void im2col_same(float *col, const float *x, const conv_dims *d, int64_t oh0, int64_t oh1) {
+  const int64_t HW = d->H * d->W, CHW = d->C * HW, pc = (oh1 - oh0) * d->OW;
+  for (int64_t c = 0; c < d->C; c++)
+    for (int64_t kh = 0; kh < d->KH; kh++) {
+      int64_t lo, hi;
+      tap_rows(d, kh, oh0, oh1, &lo, &hi);
+      for (int64_t kw = 0; kw < d->KW; kw++) {
+        float *dst = col + ((c * d->KH + kh) * d->KW + kw) * pc;
+        memset(dst, 0, (size_t)((lo - oh0) * d->OW) * sizeof(float));
+        memset(dst + (hi - oh0) * d->OW, 0, (size_t)((oh1 - hi) * d->OW) * sizeof(float));
+        // Flat run [s0, s0 + n) of x; ends outside the image are wrapped columns (zeroed below).
+        int64_t s0 = c * HW + (lo - d->ph + kh) * d->W + kw - d->pw, n = (hi - lo) * d->OW;
+        int64_t a = s0 < 0 ? -s0 : 0, b = s0 + n > CHW ? CHW - s0 : n;
+        float *run = dst + (lo - oh0) * d->OW;
+        if (b > a) memcpy(run + a, x + s0 + a, (size_t)(b - a) * sizeof(float));
+        zero_wrapped(run, d, kw, hi - lo);
+      }
+    }
+}
+
+// col (CKK, (oh1-oh0)*OW) from output rows [oh0, oh1) of one image x (C, H, W); out-of-image taps are 0.
+static void im2col(float *col, const float *x, const conv_dims *d, int64_t oh0, int64_t oh1) {
+  const int64_t pc = (oh1 - oh0) * d->OW;
+  if (conv_same_stride1(d)) {
+    im2col_same(col, x, d, oh0, oh1);
+    return;
+  }
   for (int64_t c = 0; c < d->C; c++)
     for (int64_t kh = 0; kh < d->KH; kh++)
       for (int64_t kw = 0; kw < d->KW; kw++) {
-        float *dst = col + ((c * d->KH + kh) * d->KW + kw) * d->P;
+        float *dst = col + ((c * d->KH + kh) * d->KW + kw) * pc;
         // Output columns whose tap iw = ow*sw - pw + kw lands inside [0, W).
         int64_t lo = 0, hi = d->OW;
         while (lo < d->OW && lo * d->sw - d->pw + kw < 0) lo++;
         while (hi > lo && (hi - 1) * d->sw - d->pw + kw >= d->W) hi--;
-        for (int64_t oh = 0; oh < d->OH; oh++) {
+        for (int64_t oh = oh0; oh < oh1; oh++) {
           int64_t ih = oh * d->sh - d->ph + kh;
-          float *row = dst + oh * d->OW;
+          float *row = dst + (oh - oh0) * d->OW;
           if (ih < 0 || ih >= d->H) {
             memset(row, 0, (size_t)d->OW * sizeof(float));
             continue;
@@ -94,26 +160,67 @@ static void im2col(float *col, const float *x, const conv_dims *d) {
       }
 }
 
-// dx (C, H, W) += col2im(col (CKK, P)), the adjoint of im2col.
-static void col2im_add(float *dx, const float *col, const conv_dims *d) {
+// col2im_add for conv_same_stride1: zeroes the wrapped columns of col (scratch) and adds each tap as one run.
+static void col2im_add_same(float *dx, float *col, const conv_dims *d, int64_t oh0, int64_t oh1) {
+  const int64_t HW = d->H * d->W, CHW = d->C * HW, pc = (oh1 - oh0) * d->OW;
+  for (int64_t c = 0; c < d->C; c++)
+    for (int64_t kh = 0; kh < d->KH; kh++) {
+      int64_t lo, hi;
+      tap_rows(d, kh, oh0, oh1, &lo, &hi);
+      for (int64_t kw = 0; kw < d->KW; kw++) {
+        float *src = col + ((c * d->KH + kh) * d->KW + kw) * pc + (lo - oh0) * d->OW;
+        zero_wrapped(src, d, kw, hi - lo);
+        int64_t s0 = c * HW + (lo - d->ph + kh) * d->W + kw - d->pw, n = (hi - lo) * d->OW;
+        int64_t a = s0 < 0 ? -s0 : 0, b = s0 + n > CHW ? CHW - s0 : n;
+        float *dst = dx + s0 + a;
+        const float *run = src + a;
+        for (int64_t i = 0; i < b - a; i++) dst[i] += run[i];
+      }
+    }
+}
+
+// dx (C, H, W) += col2im(col (CKK, (oh1-oh0)*OW)) for output rows [oh0, oh1), the adjoint of im2col;
+// col is scratch (may be modified).
+static void col2im_add(float *dx, float *col, const conv_dims *d, int64_t oh0, int64_t oh1) {
+  const int64_t pc = (oh1 - oh0) * d->OW;
+  if (conv_same_stride1(d)) {
+    col2im_add_same(dx, col, d, oh0, oh1);
+    return;
+  }
   for (int64_t c = 0; c < d->C; c++)
     for (int64_t kh = 0; kh < d->KH; kh++)
       for (int64_t kw = 0; kw < d->KW; kw++) {
-        const float *srcc = col + ((c * d->KH + kh) * d->KW + kw) * d->P;
+        const float *srcc = col + ((c * d->KH + kh) * d->KW + kw) * pc;
         int64_t lo = 0, hi = d->OW;
         while (lo < d->OW && lo * d->sw - d->pw + kw < 0) lo++;
         while (hi > lo && (hi - 1) * d->sw - d->pw + kw >= d->W) hi--;
-        for (int64_t oh = 0; oh < d->OH; oh++) {
+        for (int64_t oh = oh0; oh < oh1; oh++) {
           int64_t ih = oh * d->sh - d->ph + kh;
           if (ih < 0 || ih >= d->H) continue;
           float *dst = dx + (c * d->H + ih) * d->W - d->pw + kw;
-          const float *row = srcc + oh * d->OW;
+          const float *row = srcc + (oh - oh0) * d->OW;
           if (d->sw == 1) // contiguous: vectorizes
             for (int64_t ow = lo; ow < hi; ow++) dst[ow] += row[ow];
           else
             for (int64_t ow = lo; ow < hi; ow++) dst[ow * d->sw] += row[ow];
         }
       }
+}
+
+static ps_conv_kernel conv_forced = PS_CONV_KERNEL_AUTO;
+void ps_conv_force_kernel(ps_conv_kernel k) { conv_forced = k < PS_CONV_KERNEL_COUNT ? k : PS_CONV_KERNEL_AUTO; }
+
+// The weight gradient runs on the AVX-512 kernel when its output is narrow
+// (CKK <= 64: the first layer's 27, where single-threaded OpenBLAS reached
+// 26% of its 1024^3 rate against the kernel's 40%, pansurv bench gemm
+// --conv-kernel; docs/conv.md). Everything else stays on OpenBLAS, which was
+// as fast or faster for these shapes. With several threads but images running
+// one after another, each GEMM is split across threads by ps_ops_sgemm, which
+// the kernel does not do: BLAS then.
+static bool conv_dw_avx512(const conv_dims *d, int T) {
+  bool split = T == 1 && !omp_in_parallel() && omp_get_max_threads() > 1;
+  if (conv_forced == PS_CONV_KERNEL_BLAS || split || !ps_conv_have_avx512()) return false;
+  return conv_forced == PS_CONV_KERNEL_AVX512 || d->CKK <= 64;
 }
 
 // A 1x1, stride 1, unpadded kernel needs no lowering: the image already is col.
@@ -124,56 +231,76 @@ static bool conv_is_pointwise(const conv_dims *d) {
 static void conv_forward_im2col(float *y, const float *x, const float *w, const float *b, const conv_dims *d,
                                 float *ws, int T) {
   const int64_t slice = conv_slice_floats(d);
+  const bool pw = conv_is_pointwise(d);
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
   for (int64_t n = 0; n < d->N; n++) {
     float *col = ws + (int64_t)omp_get_thread_num() * slice;
     const float *xn = x + n * d->C * d->H * d->W;
     float *yn = y + n * d->OC * d->P;
-    if (conv_is_pointwise(d)) col = (float *)xn;
-    else im2col(col, xn, d);
     float beta = 0.0f;
     if (b) {
       for (int64_t o = 0; o < d->OC; o++)
         for (int64_t i = 0; i < d->P; i++) yn[o * d->P + i] = b[o];
       beta = 1.0f;
     }
-    ps_ops_sgemm(false, false, d->OC, d->P, d->CKK, 1.0f, w, d->CKK, col, d->P, beta, yn, d->P);
+    for (int64_t oh0 = 0; oh0 < d->OH; oh0 += d->RB) { // out[:, chunk] (OC, pc) = w · col (CKK, pc)
+      int64_t oh1 = oh0 + d->RB < d->OH ? oh0 + d->RB : d->OH, p0 = oh0 * d->OW, pc = (oh1 - oh0) * d->OW;
+      if (!pw) im2col(col, xn, d, oh0, oh1);
+      const float *c = pw ? xn + p0 : col;
+      ps_ops_sgemm(false, false, d->OC, pc, d->CKK, 1.0f, w, d->CKK, c, pw ? d->P : pc, beta, yn + p0, d->P);
+    }
   }
 }
 
 static void conv_backward_im2col(float *dx, float *dw, const float *g, const float *x, const float *w,
                                  const conv_dims *d, float *ws, int T) {
-  const int64_t slice = conv_slice_floats(d), wn = d->OC * d->CKK;
-  // With one thread dw accumulates in place; with several each owns a partial, summed in thread order.
-  if (dw && T > 1)
-    for (int t = 0; t < T; t++) memset(ws + t * slice + d->CKK * d->P, 0, (size_t)wn * sizeof(float));
+  const int64_t slice = conv_slice_floats(d), wn = d->OC * d->CKK, colf = d->CKK * d->PB;
+  const bool dw_avx512 = dw && conv_dw_avx512(d, T), pw = conv_is_pointwise(d);
+  // On OpenBLAS, dw is computed transposed, dw^T (CKK, OC) += col (CKK, P) ·
+  // dout[n]^T: the long side of the output then runs along M, where OpenBLAS'
+  // kernels are 1.1-1.3x faster for these shapes than with OC x CKK (docs/conv.md).
+  const bool dw_trans = dw && !dw_avx512;
+  // With one thread and no transpose dw accumulates in place; otherwise each
+  // thread owns a partial in its workspace slice, summed in thread order.
+  const bool partial = dw && (T > 1 || dw_trans);
+  if (partial)
+    for (int t = 0; t < T; t++) memset(ws + t * slice + colf, 0, (size_t)wn * sizeof(float));
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
   for (int64_t n = 0; n < d->N; n++) {
     int t = omp_get_thread_num();
-    float *col = ws + t * slice, *dwt = T > 1 ? col + d->CKK * d->P : dw;
+    float *col = ws + t * slice, *dwt = partial ? col + colf : dw;
     const float *xn = x + n * d->C * d->H * d->W, *gn = g + n * d->OC * d->P;
-    if (dw) {
-      const float *c = xn;
-      if (!conv_is_pointwise(d)) {
-        im2col(col, xn, d);
-        c = col;
+    float *dxn = dx ? dx + n * d->C * d->H * d->W : NULL;
+    for (int64_t oh0 = 0; oh0 < d->OH; oh0 += d->RB) {
+      int64_t oh1 = oh0 + d->RB < d->OH ? oh0 + d->RB : d->OH, p0 = oh0 * d->OW, pc = (oh1 - oh0) * d->OW;
+      const float *gc = gn + p0; // dout[n][:, chunk] (OC, pc), row stride P
+      if (dw) {
+        if (!pw) im2col(col, xn, d, oh0, oh1);
+        const float *c = pw ? xn + p0 : col;
+        int64_t ldc = pw ? d->P : pc;
+        // dw (OC, CKK) += dout[n][:, chunk] · col^T (pc, CKK)
+        if (dw_avx512) ps_conv_gemm_nt_avx512(d->OC, d->CKK, pc, gc, d->P, c, ldc, dwt, d->CKK);
+        else if (dw_trans) ps_ops_sgemm(false, true, d->CKK, d->OC, pc, 1.0f, c, ldc, gc, d->P, 1.0f, dwt, d->OC);
+        else ps_ops_sgemm(false, true, d->OC, d->CKK, pc, 1.0f, gc, d->P, c, ldc, 1.0f, dwt, d->CKK);
       }
-      // dw (OC, CKK) += dout[n] (OC, P) · col^T (P, CKK)
-      ps_ops_sgemm(false, true, d->OC, d->CKK, d->P, 1.0f, gn, d->P, c, d->P, 1.0f, dwt, d->CKK);
-    }
-    if (dx) {
-      float *dxn = dx + n * d->C * d->H * d->W;
-      // dcol (CKK, P) = w^T (CKK, OC) · dout[n] (OC, P); pointwise: straight into dx.
-      bool pw = conv_is_pointwise(d);
-      ps_ops_sgemm(true, false, d->CKK, d->P, d->OC, 1.0f, w, d->CKK, gn, d->P, pw ? 1.0f : 0.0f, pw ? dxn : col,
-                   d->P);
-      if (!pw) col2im_add(dxn, col, d);
+      if (dx) {
+        // dcol (CKK, pc) = w^T (CKK, OC) · dout[n][:, chunk]; pointwise: straight into dx.
+        if (pw) ps_ops_sgemm(true, false, d->CKK, pc, d->OC, 1.0f, w, d->CKK, gc, d->P, 1.0f, dxn + p0, d->P);
+        else {
+          ps_ops_sgemm(true, false, d->CKK, pc, d->OC, 1.0f, w, d->CKK, gc, d->P, 0.0f, col, pc);
+          col2im_add(dxn, col, d, oh0, oh1);
+        }
+      }
     }
   }
-  if (dw && T > 1)
+  if (partial)
     for (int t = 0; t < T; t++) {
-      const float *part = ws + t * slice + d->CKK * d->P;
-      for (int64_t i = 0; i < wn; i++) dw[i] += part[i];
+      const float *part = ws + t * slice + colf;
+      if (!dw_trans)
+        for (int64_t i = 0; i < wn; i++) dw[i] += part[i];
+      else
+        for (int64_t o = 0; o < d->OC; o++)
+          for (int64_t k = 0; k < d->CKK; k++) dw[o * d->CKK + k] += part[k * d->OC + o];
     }
 }
 

@@ -7,6 +7,7 @@
 // ops (linear, piecewise linear away from ties, or smooth with O(1) curvature)
 // are accurate to ~1e-4 relative, and each tolerance leaves room above that.
 #include "opstest.h"
+#include "ops_conv_kernels.h" // ps_conv_force_kernel: test each GEMM path of the lowering
 
 // ---- conv2d ----------------------------------------------------------------------
 
@@ -153,6 +154,122 @@ static int test_conv_threads(void) {
         // Same products, summed in another order (split GEMM blocking, per-thread dw partials): float rounding.
         TU_CHECK(e < 1e-6, "conv N=%lld path %d %s differs from 1 thread by %.2e", (long long)cfg[k].N, path, names[t], e);
       }
+  }
+  return 0;
+}
+
+// din (N, C, H, W) and dw (OC, C, KH, KW) of sum(out * dy), in double, with the
+// sums of |terms| (the scale of the float rounding) in dmag / wmag.
+static void conv_bwd_ref(double *din, double *dmag, double *dw, double *wmag, const conv_ctx *c, const float *dy) {
+  const ps_tensor *x = &c->in, *w = &c->w;
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  int64_t OC = w->shape[0], KH = w->shape[2], KW = w->shape[3], OH = c->out.shape[2], OW = c->out.shape[3];
+  memset(din, 0, (size_t)(N * C * H * W) * sizeof(double));
+  memset(dmag, 0, (size_t)(N * C * H * W) * sizeof(double));
+  memset(dw, 0, (size_t)(OC * C * KH * KW) * sizeof(double));
+  memset(wmag, 0, (size_t)(OC * C * KH * KW) * sizeof(double));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t o = 0; o < OC; o++)
+      for (int64_t oh = 0; oh < OH; oh++)
+        for (int64_t ow = 0; ow < OW; ow++) {
+          double g = dy[((n * OC + o) * OH + oh) * OW + ow];
+          for (int64_t ci = 0; ci < C; ci++)
+            for (int64_t kh = 0; kh < KH; kh++)
+              for (int64_t kw = 0; kw < KW; kw++) {
+                int64_t ih = oh * c->p.stride_h - c->p.pad_h + kh, iw = ow * c->p.stride_w - c->p.pad_w + kw;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                int64_t xi = ((n * C + ci) * H + ih) * W + iw, wi = ((o * C + ci) * KH + kh) * KW + kw;
+                din[xi] += g * ps_f32(w)[wi];
+                dmag[xi] += fabs(g * ps_f32(w)[wi]);
+                dw[wi] += g * ps_f32(x)[xi];
+                wmag[wi] += fabs(g * ps_f32(x)[xi]);
+              }
+        }
+}
+
+// |got - want| <= tol * (sum of |terms|) + 1e-6 everywhere.
+static void expect_close_mag(const char *what, const float *got, const double *want, const double *mag, int64_t n,
+                             double tol) {
+  double worst = 0;
+  int64_t wi = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double r = fabs((double)got[i] - want[i]) / (tol * mag[i] + 1e-6);
+    if (!(r <= worst)) {
+      worst = r;
+      wi = i;
+    }
+  }
+  printf("  %-44s n=%-7lld worst scaled error %.3f\n", what, (long long)n, worst);
+  TU_CHECK(worst <= 1.0, "%s: element %lld got %.9g want %.9g (sum|terms| %.3g)", what, (long long)wi, got[wi], want[wi],
+           mag[wi]);
+}
+
+// Each GEMM path of the lowering (OpenBLAS; the AVX-512 weight-gradient kernel
+// where the CPU has AVX-512F; the automatic choice) at 1 and 2 threads against
+// the double reference: the three reference-model layers (batch cut to 2),
+// stride 2, pad 0, 5x5, the "same"-convolution run copies of im2col/col2im
+// (OW == W) with and without row padding, a lowering split into row chunks
+// (layer 2 and the 128-channel 5x5), odd batches (2 threads: images unevenly split), output
+// positions not a multiple of 16 (masked K tail) and channel counts that are
+// not multiples of the 8 x 3 register tile.
+static int test_conv_kernels(void) {
+  struct {
+    int64_t N, C, H, W, OC, KH, KW;
+    ps_conv2d_params p;
+  } cfg[] = {
+      {2, 3, 64, 64, 32, 3, 3, {1, 1, 1, 1}},   // layer 1: CKK 27, P 4096 (several K chunks)
+      {2, 32, 32, 32, 64, 3, 3, {1, 1, 1, 1}},  // layer 2
+      {1, 64, 16, 16, 128, 3, 3, {1, 1, 1, 1}}, // layer 3
+      {3, 3, 9, 7, 5, 3, 3, {2, 2, 1, 1}},      // stride 2, P = 20
+      {3, 4, 7, 9, 6, 3, 3, {1, 1, 0, 0}},      // pad 0, P = 35
+      {3, 2, 11, 10, 5, 5, 5, {1, 1, 2, 2}},    // 5x5: CKK 50, P 110
+      {2, 3, 6, 8, 4, 3, 3, {1, 1, 0, 1}},      // one-tap-run im2col with OH != H (pad only along W)
+      {2, 2, 5, 6, 3, 1, 3, {1, 1, 1, 1}},      // 1x3 with row padding: whole tap planes outside the image
+      {3, 128, 12, 12, 4, 5, 5, {1, 1, 0, 0}},  // CKK 3200: lowered in two chunks of 4 output rows
+  };
+  static const char *const kname[] = {"auto", "blas", "avx512"};
+  for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
+    ps_ops_set_threads(1);
+    conv_ctx c = conv_make(cfg[k].N, cfg[k].C, cfg[k].H, cfg[k].W, cfg[k].OC, cfg[k].KH, cfg[k].KW, cfg[k].p);
+    ps_tensor dy = ot_uniform(-1, 1, c.out.ndim, c.out.shape);
+    int64_t nx = ps_tensor_numel(&c.in), nw = ps_tensor_numel(&c.w), ny = ps_tensor_numel(&c.out);
+    double *ref = malloc((size_t)(2 * ny + 2 * nx + 2 * nw) * sizeof(double));
+    TU_CHECK(ref != NULL, "out of memory");
+    double *omag = ref + ny, *din = omag + ny, *dmag = din + nx, *dw = dmag + nx, *wmag = dw + nw;
+    conv_ref(ref, &c);
+    conv_ctx a = c; // sum of |terms| of each output: the same convolution of |in|, |w|, |b|
+    a.in = ot_copy(&c.in), a.w = ot_copy(&c.w), a.b = ot_copy(&c.b);
+    for (int64_t i = 0; i < nx; i++) ps_f32(&a.in)[i] = fabsf(ps_f32(&a.in)[i]);
+    for (int64_t i = 0; i < nw; i++) ps_f32(&a.w)[i] = fabsf(ps_f32(&a.w)[i]);
+    for (int64_t i = 0; i < cfg[k].OC; i++) ps_f32(&a.b)[i] = fabsf(ps_f32(&a.b)[i]);
+    conv_ref(omag, &a);
+    conv_bwd_ref(din, dmag, dw, wmag, &c, ps_f32(&dy));
+    for (int kern = PS_CONV_KERNEL_AUTO; kern < PS_CONV_KERNEL_COUNT; kern++) {
+      if (kern == PS_CONV_KERNEL_AVX512 && !ps_conv_have_avx512()) {
+        printf("  conv config %zu: no AVX-512F on this CPU, avx512 path skipped\n", k);
+        continue;
+      }
+      ps_conv_force_kernel((ps_conv_kernel)kern);
+      for (int threads = 1; threads <= 2; threads++) {
+        ps_ops_set_threads(threads);
+        c.ws = ot_zeros(PS_F32, PS_SHAPE(ps_conv2d_workspace_floats(&c.in, &c.w, &c.p)));
+        ps_tensor gx = ot_zeros(PS_F32, c.in.ndim, c.in.shape), gw = ot_zeros(PS_F32, c.w.ndim, c.w.shape);
+        TU_OK(conv_fwd(&c));
+        TU_OK(ps_conv2d_backward(&gx, &gw, NULL, &dy, &c.in, &c.w, &c.p, &c.ws));
+        char what[96];
+        snprintf(what, sizeof what, "conv %zu %s T=%d out", k, kname[kern], threads);
+        // Float sums of up to 8192 products: rounding ~1e-6 of sum|terms| (random walk), 1e-5 leaves room;
+        // a wrong tap or image is off by ~1/sqrt(terms) of it.
+        expect_close_mag(what, ps_f32(&c.out), ref, omag, ny, 1e-5);
+        snprintf(what, sizeof what, "conv %zu %s T=%d din", k, kname[kern], threads);
+        expect_close_mag(what, ps_f32(&gx), din, dmag, nx, 1e-5);
+        snprintf(what, sizeof what, "conv %zu %s T=%d dw", k, kname[kern], threads);
+        expect_close_mag(what, ps_f32(&gw), dw, wmag, nw, 1e-5);
+      }
+    }
+    ps_conv_force_kernel(PS_CONV_KERNEL_AUTO);
+    ps_ops_set_threads(1);
+    free(ref);
   }
   return 0;
 }
@@ -498,6 +615,7 @@ static const ot_case cases[] = {
     {"tensor_conv_forward", test_conv_forward},
     {"tensor_conv_grad", test_conv_grad},
     {"tensor_conv_threads", test_conv_threads},
+    {"tensor_conv_kernels", test_conv_kernels},
     {"tensor_maxpool_forward", test_maxpool_forward},
     {"tensor_maxpool_grad", test_maxpool_grad},
     {"tensor_avgpool_forward", test_avgpool_forward},

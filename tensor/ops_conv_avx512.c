@@ -1,0 +1,98 @@
+// AVX-512 GEMM kernel for the conv lowering, for a shape where OpenBLAS does
+// poorly (tensor/ops_conv.c decides when):
+//   nt: C (M, N) += A (M, K) · B (N, K)^T - small M x N, long K: the weight
+//       gradient dw (OC, CKK) = dout (OC, P) · col^T of the 3-channel first
+//       layer (N = CKK = 27), where OpenBLAS runs its N-edge kernels.
+// The project builds for plain x86-64: this code is compiled for
+// AVX-512F through the target attribute and only called after
+// ps_conv_have_avx512() said so at run time. Summation order depends on the
+// shapes only (never on threads), so results are deterministic.
+//
+// Dimension letters: M, N, K GEMM sizes; MR x NR the register tile.
+#include "ops_conv_kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#define PS_AVX512 __attribute__((target("avx512f")))
+
+bool ps_conv_have_avx512(void) {
+  static int have = -1; // benign race: every thread computes the same answer
+  if (have < 0) {
+    __builtin_cpu_init();
+    have = __builtin_cpu_supports("avx512f") ? 1 : 0;
+  }
+  return have == 1;
+}
+
+static inline __mmask16 PS_AVX512 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (left > 0 ? left : 0)) - 1u);
+}
+
+// ---- nt: dot products along K ---------------------------------------------------------
+// Register tile: NT_MR rows of A x NT_NR rows of B, each accumulator holding
+// 16 partial sums along K; 11 loads per 24 FMAs. K runs in chunks of NT_KC so
+// the NT_MR rows of A (8 x 4 KB) stay in L1 while B's rows stream from L2;
+// each chunk's lanes are reduced in a fixed order and added to C. The chunk
+// shrinks (to >= 256) so that B's chunk (N x KC) stays within ~512 KB of L2.
+enum { NT_MR = 8, NT_NR = 3, NT_KC_MAX = 1024, NT_KC_MIN = 256, NT_B_BYTES = 512 * 1024 };
+
+static inline float PS_AVX512 lanes_sum(__m512 v) {
+  // Fixed pairwise tree: 16 -> 8 -> 4 -> 2 -> 1.
+  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+  return _mm_cvtss_f32(q);
+}
+
+static inline void PS_AVX512 nt_tile(int64_t M, int64_t N, int64_t k0, int64_t kl, const float *A, int64_t lda,
+                                     const float *B, int64_t ldb, float *C, int64_t ldc, int64_t i0, int64_t j0) {
+  __m512 acc[NT_MR][NT_NR];
+  const float *ar[NT_MR], *br[NT_NR];
+  for (int r = 0; r < NT_MR; r++) {
+    ar[r] = A + (i0 + r < M ? i0 + r : M - 1) * lda + k0;
+    for (int c = 0; c < NT_NR; c++) acc[r][c] = _mm512_setzero_ps();
+  }
+  for (int c = 0; c < NT_NR; c++) br[c] = B + (j0 + c < N ? j0 + c : N - 1) * ldb + k0;
+  int64_t k = 0;
+  for (; k + 16 <= kl; k += 16) {
+    __m512 b[NT_NR];
+    for (int c = 0; c < NT_NR; c++) b[c] = _mm512_loadu_ps(br[c] + k);
+    for (int r = 0; r < NT_MR; r++) {
+      __m512 a = _mm512_loadu_ps(ar[r] + k);
+      for (int c = 0; c < NT_NR; c++) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  if (k < kl) {
+    __mmask16 m = tail_mask(kl - k);
+    __m512 b[NT_NR];
+    for (int c = 0; c < NT_NR; c++) b[c] = _mm512_maskz_loadu_ps(m, br[c] + k);
+    for (int r = 0; r < NT_MR; r++) {
+      __m512 a = _mm512_maskz_loadu_ps(m, ar[r] + k);
+      for (int c = 0; c < NT_NR; c++) acc[r][c] = _mm512_fmadd_ps(a, b[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < NT_MR && i0 + r < M; r++)
+    for (int c = 0; c < NT_NR && j0 + c < N; c++) C[(i0 + r) * ldc + j0 + c] += lanes_sum(acc[r][c]);
+}
+
+PS_AVX512 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                                      int64_t ldb, float *C, int64_t ldc) {
+  int64_t kc = NT_B_BYTES / ((int64_t)sizeof(float) * (N > 0 ? N : 1)) / 16 * 16;
+  kc = kc > NT_KC_MAX ? NT_KC_MAX : kc < NT_KC_MIN ? NT_KC_MIN : kc;
+  for (int64_t k0 = 0; k0 < K; k0 += kc) {
+    int64_t kl = K - k0 < kc ? K - k0 : kc;
+    for (int64_t i0 = 0; i0 < M; i0 += NT_MR)
+      for (int64_t j0 = 0; j0 < N; j0 += NT_NR) nt_tile(M, N, k0, kl, A, lda, B, ldb, C, ldc, i0, j0);
+  }
+}
+
+#else // not x86-64 GCC/Clang: never selected
+
+void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                            float *C, int64_t ldc) {
+  (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
+}
+
+#endif
