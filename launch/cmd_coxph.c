@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ps_commands.h"
+#include "ps_json.h"
 #include "ps_coxph.h"
 #include "ps_csv.h"
 
@@ -18,22 +19,6 @@ static void usage(FILE *f) {
           "Without --covariates every other column is a covariate. With --json stdout carries one\n"
           "JSON object (coef, se, loglik, loglik_null, concordance, n, events, iterations,\n"
           "converged, tests); notes go to stderr.\n");
-}
-
-static void json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-    else if (c < 0x20) fprintf(f, "\\u%04x", c);
-    else fputc(c, f);
-  }
-  fputc('"', f);
-}
-
-static void json_num(FILE *f, double v) {
-  if (isfinite(v)) fprintf(f, "%.17g", v);
-  else fputs("null", f);
 }
 
 // Splits a comma list in place into names (returns the count).
@@ -159,30 +144,30 @@ int ps_cmd_coxph(int argc, char **argv) {
     fputs("{\"coef\": {", f);
     for (int64_t k = 0; k < p; k++) {
       fputs(k ? ", " : "", f);
-      json_str(f, cov[k]);
+      ps_json_string(f, cov[k]);
       fputs(": ", f);
-      json_num(f, fit.coef[k]);
+      ps_json_number(f, fit.coef[k]);
     }
     fputs("}, \"se\": {", f);
     for (int64_t k = 0; k < p; k++) {
       fputs(k ? ", " : "", f);
-      json_str(f, cov[k]);
+      ps_json_string(f, cov[k]);
       fputs(": ", f);
-      json_num(f, fit.se[k]);
+      ps_json_number(f, fit.se[k]);
     }
-    fputs("}, \"loglik\": ", f), json_num(f, fit.loglik);
-    fputs(", \"loglik_null\": ", f), json_num(f, fit.loglik_null);
-    fputs(", \"concordance\": ", f), json_num(f, fit.concordance);
+    fputs("}, \"loglik\": ", f), ps_json_number(f, fit.loglik);
+    fputs(", \"loglik_null\": ", f), ps_json_number(f, fit.loglik_null);
+    fputs(", \"concordance\": ", f), ps_json_number(f, fit.concordance);
     fprintf(f, ", \"n\": %lld, \"events\": %lld, \"iterations\": %d, \"converged\": %s, \"ties\": \"%s\"",
             (long long)fit.n, (long long)fit.events, fit.iterations, fit.converged ? "true" : "false",
             ps_cox_ties_name(ties));
     fprintf(f, ", \"standardized\": %s", standardize ? "true" : "false");
-    fputs(", \"lr_test\": {\"chisq\": ", f), json_num(f, fit.lr);
-    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), json_num(f, fit.lr_p);
-    fputs("}, \"wald_test\": {\"chisq\": ", f), json_num(f, fit.wald);
-    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), json_num(f, fit.wald_p);
-    fputs("}, \"score_test\": {\"chisq\": ", f), json_num(f, fit.score);
-    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), json_num(f, fit.score_p);
+    fputs(", \"lr_test\": {\"chisq\": ", f), ps_json_number(f, fit.lr);
+    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), ps_json_number(f, fit.lr_p);
+    fputs("}, \"wald_test\": {\"chisq\": ", f), ps_json_number(f, fit.wald);
+    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), ps_json_number(f, fit.wald_p);
+    fputs("}, \"score_test\": {\"chisq\": ", f), ps_json_number(f, fit.score);
+    fprintf(f, ", \"df\": %lld, \"p\": ", (long long)p), ps_json_number(f, fit.score_p);
     fputs("}}\n", f);
   } else {
     printf("Cox proportional hazards (%s ties%s): n = %lld, events = %lld%s\n\n", ps_cox_ties_name(ties),

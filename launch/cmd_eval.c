@@ -12,6 +12,7 @@
 #include "ps_checkpoint.h"
 #include "ps_ckpt_files.h"
 #include "ps_commands.h"
+#include "ps_json.h"
 #include "ps_comm.h"
 #include "ps_config.h"
 #include "ps_metrics.h"
@@ -93,11 +94,6 @@ static int parse_times(const char *s, double *t, int max) {
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
-}
-
-static void json_num(FILE *f, double x) {
-  if (isfinite(x)) fprintf(f, "%.10g", x);
-  else fputs("null", f);
 }
 
 // gnuplot script -> PNG; returns 0 on success. Plots are optional outputs:
@@ -352,39 +348,39 @@ int ps_cmd_eval(int argc, char **argv) {
     fprintf(f, "{\n  \"checkpoint\": \"%s\",\n  \"data\": \"%s\",\n  \"split\": \"%s\",\n  \"n\": %lld,\n  \"events\": %lld,\n",
             ckpt, data, split, (long long)n, (long long)events);
     fprintf(f, "  \"harrell_c\": ");
-    json_num(f, hc.c);
+    ps_json_number(f, hc.c);
     fprintf(f, ",\n  \"harrell_c_se\": ");
-    json_num(f, hc.se);
+    ps_json_number(f, hc.se);
     fprintf(f, ",\n  \"harrell_c_ci95\": [");
-    json_num(f, lo);
+    ps_json_number(f, lo);
     fprintf(f, ", ");
-    json_num(f, hi);
+    ps_json_number(f, hi);
     fprintf(f, "],\n  \"bootstrap\": %d,\n  \"uno_c\": ", bootstrap);
-    json_num(f, uc.c);
+    ps_json_number(f, uc.c);
     fprintf(f, ",\n  \"td_auc\": {");
     for (int k = 0; k < nt; k++) {
       fprintf(f, "%s\"%g\": ", k ? ", " : "", times[k]);
-      json_num(f, have_ipcw ? auc[k] : NAN);
+      ps_json_number(f, have_ipcw ? auc[k] : NAN);
     }
     fprintf(f, "},\n  \"brier\": {");
     for (int k = 0; k < nt && nt >= 2; k++) {
       fprintf(f, "%s\"%g\": ", k ? ", " : "", times[k]);
-      json_num(f, have_ipcw ? brier[k] : NAN);
+      ps_json_number(f, have_ipcw ? brier[k] : NAN);
     }
     fprintf(f, "},\n  \"ipcw_n\": %lld,\n  \"ibs\": ", (long long)ipcw_n);
-    json_num(f, ibs);
+    ps_json_number(f, ibs);
     fprintf(f, ",\n  \"logrank\": {\"groups\": \"risk above/below the training-set median %.6g\", \"chisq\": ", median);
-    json_num(f, have_lr ? lr.chisq : NAN);
+    ps_json_number(f, have_lr ? lr.chisq : NAN);
     fprintf(f, ", \"df\": %d, \"p\": ", have_lr ? lr.df : 0);
-    json_num(f, have_lr ? lr.p : NAN);
+    ps_json_number(f, have_lr ? lr.p : NAN);
     fprintf(f, "},\n  \"per_cohort\": {");
     for (int c = 0; c < nco; c++) {
       fprintf(f, "%s\"%.64s\": {\"n\": %lld, \"harrell_c\": ", c ? ", " : "", ps_wl_data_cohort_name(wd, c), (long long)pn[c]);
-      json_num(f, pc[c]);
+      ps_json_number(f, pc[c]);
       fprintf(f, "}");
     }
     fprintf(f, "},\n  \"oracle_c\": ");
-    json_num(f, oracle);
+    ps_json_number(f, oracle);
     fprintf(f, ",\n  \"param_crc32\": \"%08x\"\n}\n", crc);
     fclose(f);
     // predictions.csv and top_tiles.csv

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ps_commands.h"
+#include "ps_json.h"
 #include "ps_csv.h"
 #include "ps_metrics.h"
 
@@ -23,27 +24,11 @@ static void usage(FILE *f) {
           "--baseline FILE is a synonym of --train FILE.\n");
 }
 
-static void json_str(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-    else if (c < 0x20) fprintf(f, "\\u%04x", c);
-    else fputc(c, f);
-  }
-  fputc('"', f);
-}
-
-static void json_num(FILE *f, double v) {
-  if (isfinite(v)) fprintf(f, "%.17g", v);
-  else fputs("null", f);
-}
-
 static void json_arr(FILE *f, const double *v, int64_t n) {
   fputc('[', f);
   for (int64_t i = 0; i < n; i++) {
     if (i) fputs(", ", f);
-    json_num(f, v[i]);
+    ps_json_number(f, v[i]);
   }
   fputc(']', f);
 }
@@ -213,15 +198,15 @@ int ps_cmd_metrics(int argc, char **argv) {
 
   FILE *f = stdout;
   if (json) {
-    fputs("{\"harrell_c\": ", f), json_num(f, h.c);
-    fputs(", \"harrell_c_se\": ", f), json_num(f, h.se);
+    fputs("{\"harrell_c\": ", f), ps_json_number(f, h.c);
+    fputs(", \"harrell_c_se\": ", f), ps_json_number(f, h.se);
     fprintf(f, ", \"counts\": {\"concordant\": %.17g, \"discordant\": %.17g, \"tied_risk\": %.17g, "
                "\"tied_time\": %.17g, \"tied_both\": %.17g}",
             h.counts.concordant, h.counts.discordant, h.counts.tied_risk, h.counts.tied_time, h.counts.tied_both);
-    fputs(", \"uno_c\": ", f), json_num(f, u.c);
-    if (tau > 0) fputs(", \"tau\": ", f), json_num(f, tau);
+    fputs(", \"uno_c\": ", f), ps_json_number(f, u.c);
+    if (tau > 0) fputs(", \"tau\": ", f), ps_json_number(f, tau);
     fprintf(f, ", \"n\": %lld, \"events\": %lld", (long long)d.n, (long long)events);
-    fputs(", \"km_median\": ", f), json_num(f, km.median);
+    fputs(", \"km_median\": ", f), ps_json_number(f, km.median);
     if (boot > 0) {
       fprintf(f, ", \"bootstrap\": {\"n\": %lld, \"seed\": %lld, \"harrell_c_ci\": ", boot, seed);
       double hc[2] = {hlo, hhi}, uc[2] = {ulo, uhi};
@@ -234,14 +219,14 @@ int ps_cmd_metrics(int argc, char **argv) {
       fputs(", \"td_auc\": {", f);
       for (int64_t q = 0; q < nt; q++) {
         fprintf(f, "%s\"%.17g\": ", q ? ", " : "", times[q]);
-        json_num(f, auc[q]);
+        ps_json_number(f, auc[q]);
       }
       fputs("}, \"brier\": {", f);
       for (int64_t q = 0; q < nt; q++) {
         fprintf(f, "%s\"%.17g\": ", q ? ", " : "", times[q]);
-        json_num(f, brier[q]);
+        ps_json_number(f, brier[q]);
       }
-      fputs("}, \"ibs\": ", f), json_num(f, ibs);
+      fputs("}, \"ibs\": ", f), ps_json_number(f, ibs);
     }
     if (km_out) {
       fputs(", \"km\": {\"time\": ", f), json_arr(f, km.time, km.u);
@@ -251,21 +236,21 @@ int ps_cmd_metrics(int argc, char **argv) {
       fputs(", \"std_err\": ", f), json_arr(f, km.std_err, km.u);
       fputs(", \"lower\": ", f), json_arr(f, km.lower, km.u);
       fputs(", \"upper\": ", f), json_arr(f, km.upper, km.u);
-      fputs(", \"median\": ", f), json_num(f, km.median);
-      fputs(", \"median_lower\": ", f), json_num(f, km.median_lower);
-      fputs(", \"median_upper\": ", f), json_num(f, km.median_upper);
+      fputs(", \"median\": ", f), ps_json_number(f, km.median);
+      fputs(", \"median_lower\": ", f), ps_json_number(f, km.median_lower);
+      fputs(", \"median_upper\": ", f), ps_json_number(f, km.median_upper);
       fputc('}', f);
     }
     if (gcol) {
       fprintf(f, ", \"logrank\": {\"chisq\": %.17g, \"df\": %d, \"p\": ", lr.chisq, lr.df);
-      json_num(f, lr.p);
+      ps_json_number(f, lr.p);
       fputs(", \"observed\": {", f);
       for (int32_t g = 0; g < K; g++) {
-        fputs(g ? ", " : "", f), json_str(f, d.t.cols[3].levels[g]), fputs(": ", f), json_num(f, lr.observed[g]);
+        fputs(g ? ", " : "", f), ps_json_string(f, d.t.cols[3].levels[g]), fputs(": ", f), ps_json_number(f, lr.observed[g]);
       }
       fputs("}, \"expected\": {", f);
       for (int32_t g = 0; g < K; g++) {
-        fputs(g ? ", " : "", f), json_str(f, d.t.cols[3].levels[g]), fputs(": ", f), json_num(f, lr.expected[g]);
+        fputs(g ? ", " : "", f), ps_json_string(f, d.t.cols[3].levels[g]), fputs(": ", f), ps_json_number(f, lr.expected[g]);
       }
       fputs("}}, \"per_group\": {", f);
     }
@@ -303,11 +288,11 @@ int ps_cmd_metrics(int argc, char **argv) {
       if (s != PS_OK) break;
       const char *name = d.t.cols[3].levels[g];
       if (json) {
-        fputs(g ? ", " : "", f), json_str(f, name);
+        fputs(g ? ", " : "", f), ps_json_string(f, name);
         fprintf(f, ": {\"n\": %lld, \"events\": %lld, \"harrell_c\": ", (long long)m, (long long)ev);
-        json_num(f, gh.c), fputs(", \"harrell_c_se\": ", f), json_num(f, gh.se);
-        fputs(", \"uno_c\": ", f), json_num(f, gu.c);
-        fputs(", \"km_median\": ", f), json_num(f, gkm.median);
+        ps_json_number(f, gh.c), fputs(", \"harrell_c_se\": ", f), ps_json_number(f, gh.se);
+        fputs(", \"uno_c\": ", f), ps_json_number(f, gu.c);
+        fputs(", \"km_median\": ", f), ps_json_number(f, gkm.median);
         fputc('}', f);
       } else {
         printf("group %-16s n = %-6lld events = %-6lld Harrell's C = %.6f (se %.6f)  Uno's C = %.6f  KM median = %g\n",

@@ -1,4 +1,5 @@
 #define _POSIX_C_SOURCE 200809L
+#include "ps_json.h"
 #include "ps_train.h"
 
 #include <errno.h>
@@ -68,21 +69,6 @@ static void fmt_duration(char *out, size_t len, double s) {
   if (!(s >= 0) || s > 1e7) snprintf(out, len, "--");
   else if (s >= 3600) snprintf(out, len, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
   else snprintf(out, len, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
-}
-
-static void json_string(FILE *f, const char *s) {
-  fputc('"', f);
-  for (; *s; s++) {
-    if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
-    else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
-    else fputc(*s, f);
-  }
-  fputc('"', f);
-}
-
-static void json_number(FILE *f, double x) {
-  if (isfinite(x)) fprintf(f, "%.10g", x);
-  else fputs("null", f);
 }
 
 // metrics.csv: on resume keep the rows up to the resumed step (later rows
@@ -210,21 +196,21 @@ static void write_summary(const char *run_dir, const ps_config *cfg, ps_comm *c,
   FILE *f = fopen(p, "w");
   if (!f) return;
   fprintf(f, "{\n  \"run_dir\": ");
-  json_string(f, run_dir);
+  ps_json_string(f, run_dir);
   fprintf(f, ",\n  \"workload\": ");
-  json_string(f, workload);
+  ps_json_string(f, workload);
   fprintf(f, ",\n  \"stopped\": ");
-  json_string(f, stopped);
+  ps_json_string(f, stopped);
   fprintf(f, ",\n  \"steps\": %lld,\n  \"epochs_completed\": %lld,\n  \"world_size\": %d,\n", (long long)ts->step,
           (long long)ts->epoch, ps_comm_size(c));
   fprintf(f, "  \"global_batch\": %d,\n  \"final_loss\": ", cfg->train.global_batch);
-  json_number(f, last->loss);
+  ps_json_number(f, last->loss);
   fprintf(f, ",\n  \"best_val_c\": ");
-  json_number(f, ts->best_val_c);
+  ps_json_number(f, ts->best_val_c);
   fprintf(f, ",\n  \"best_epoch\": %lld,\n  \"last_val_c\": ", (long long)ts->best_epoch);
-  json_number(f, ts->last_val_c);
+  ps_json_number(f, ts->last_val_c);
   fprintf(f, ",\n  \"wall_s\": %.3f,\n  \"patients_per_s\": ", wall_s);
-  json_number(f, wall_s > 0 ? (double)patients_seen / wall_s : NAN);
+  ps_json_number(f, wall_s > 0 ? (double)patients_seen / wall_s : NAN);
   fprintf(f, ",\n  \"param_crc32\": \"%08x\"\n}\n", crc);
   fclose(f);
 }
