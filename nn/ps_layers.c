@@ -459,19 +459,23 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
       const float *zz = z + (i * oc + j) * hw;
       const float *dp = dpool + (i * oc + j) * oh * ow;
       const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      double sdy = 0, sdx = 0;
-      for (int64_t oy = 0; oy < oh; oy++)
+      // Branch-free (the ReLU mask is data-dependent, ~half taken); float sums per output row,
+      // double across rows: fixed order, so deterministic.
+      double sdy = 0, sdz = 0; // sum dy, sum dy * z
+      for (int64_t oy = 0; oy < oh; oy++) {
+        float ry = 0.0f, rz = 0.0f;
         for (int64_t ox = 0; ox < ow; ox++) {
           int bi = am[oy * ow + ox];
           float zv = zz[(2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1)];
-          if (zv * sc + sh > 0.0f) {
-            float gv = dp[oy * ow + ox];
-            sdy += gv;
-            sdx += (double)gv * ((zv - mean[j]) * rstd[j]);
-          }
+          float gv = (float)(zv * sc + sh > 0.0f) * dp[oy * ow + ox]; // 0/1 factor: no branch
+          ry += gv;
+          rz += gv * zv;
         }
+        sdy += ry;
+        sdz += rz;
+      }
       st[j] += sdy;
-      st[oc + j] += sdx;
+      st[oc + j] += (sdz - (double)mean[j] * sdy) * (double)rstd[j]; // sum dy * xhat
     }
   }
   for (int t = 1; t < nth; t++)
@@ -498,15 +502,16 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
         const float *dp = dpool + (i * oc + j) * oh * ow;
         const uint8_t *am = argmax + (i * oc + j) * oh * ow;
         float *gg = gt + j * hw;
-        memset(gg, 0, (size_t)hw * sizeof(float));
+        // dz = g (dy - a - xhat bq) = c0 + c1 z + g dy: one vectorized affine pass over the map,
+        // then the pooled winners that pass the ReLU add g dy (no memset, no second full pass).
+        const float mj = mean[j], rj = rstd[j], c1 = -g * rj * bq, c0 = -g * a + g * mj * rj * bq;
+        for (int64_t k = 0; k < hw; k++) gg[k] = c0 + c1 * zz[k];
         for (int64_t oy = 0; oy < oh; oy++)
           for (int64_t ox = 0; ox < ow; ox++) {
             int bi = am[oy * ow + ox];
             int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-            if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[oy * ow + ox];
+            gg[pos] += (float)(zz[pos] * sc + sh > 0.0f) * g * dp[oy * ow + ox];
           }
-        float mj = mean[j], rj = rstd[j];
-        for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mj) * rj * bq);
       }
     }
     PS_TRY(conv_chunk_backward(din, dw, gz, in, w, i0, cn, d, s));
