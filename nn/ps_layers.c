@@ -283,6 +283,14 @@ void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c,
 }
 
 // ---- fused conv block ---------------------------------------------------------------------------
+// Tiles per conv call in a block of tile size tile_floats (OC*H*W): as many as fill the dz buffer
+// (planned for the largest block), at least s->chunk. Fewer, larger OpenMP regions: each region's
+// barrier is costly when the threads share a core (launchers bind ranks; see docs/threads.md).
+static int64_t block_chunk(const ps_nn_convblock_scratch *s, int64_t tile_floats) {
+  int64_t ck = s->gz_floats / (tile_floats > 0 ? tile_floats : 1);
+  return ck > s->chunk ? ck : s->chunk;
+}
+
 ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *mean, float *rstd,
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
@@ -292,14 +300,17 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
              (long long)wd);
   PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
              (long long)oc, o->groups);
-  PS_REQUIRE(s->chunk > 0 && s->gz && s->ws, "conv block: scratch not planned (ps_nn_convblock_plan)");
+  PS_REQUIRE(s->chunk > 0 && s->gz && s->gz_floats >= s->chunk * oc * hw && s->ws,
+             "conv block: scratch not planned for %lld-channel %lldx%lld tiles (chunk, gz, ws)", (long long)oc,
+             (long long)h, (long long)wd);
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
   ps_tensor tw = WRAP(w, oc, c, 3, 3), tws = WRAP(s->ws, s->ws_floats);
   // Chunks of tiles: tensor's conv (threaded, tuned lowering), then the statistics while the chunk's
   // output is still in cache.
-  for (int64_t i0 = 0; i0 < n; i0 += s->chunk) {
-    const int64_t cn = n - i0 < s->chunk ? n - i0 : s->chunk;
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
     ps_tensor tin = WRAP(in + i0 * c * hw, cn, c, h, wd), tz = WRAP(z + i0 * oc * hw, cn, oc, h, wd);
     PS_TRY(ps_conv2d_forward(&tz, &tin, &tw, NULL, &conv3x3, &tws));
 #pragma omp parallel for schedule(static)
@@ -357,7 +368,7 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
 
 int64_t ps_nn_convblock_chunk(void) {
   int t = omp_get_max_threads();
-  return 4 * (int64_t)(t > 0 ? t : 1);
+  return 16 * (int64_t)(t > 0 ? t : 1);
 }
 
 int64_t ps_nn_convblock_ws_floats(const ps_nn_convblock_dims *d, int64_t chunk) {
@@ -387,8 +398,9 @@ static ps_status groupnorm_block_backward(float *din, float *dw, float *dgamma, 
   const int64_t n = d->n, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, G = o->groups, cg = oc / G;
   const int64_t oh = h / 2, ow = wd / 2;
   int nth = omp_get_max_threads();
-  for (int64_t i0 = 0; i0 < n; i0 += s->chunk) {
-    const int64_t cn = n - i0 < s->chunk ? n - i0 : s->chunk;
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
 #pragma omp parallel for schedule(static)
     for (int64_t i = i0; i < i0 + cn; i++) {
       int t = omp_get_thread_num();
@@ -490,8 +502,9 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   const double *stats = s->stats;
   // 2. Per chunk of tiles, in a cache-sized buffer: dz = BN backward of the unpooled, ReLU-masked
   //    gradient, then tensor's conv backward on the chunk.
-  for (int64_t i0 = 0; i0 < n; i0 += s->chunk) {
-    const int64_t cn = n - i0 < s->chunk ? n - i0 : s->chunk;
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
 #pragma omp parallel for schedule(static)
     for (int64_t i = i0; i < i0 + cn; i++) {
       float *gt = gz + (i - i0) * oc * hw;

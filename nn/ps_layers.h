@@ -96,7 +96,8 @@ typedef struct {
 } ps_nn_convblock_dims;
 typedef struct {
   int64_t chunk; // tiles per conv call (ps_nn_convblock_chunk())
-  float *gz;     // chunk * OC*H*W: dz of one chunk of tiles (backward)
+  float *gz;     // gz_floats >= chunk * OC*H*W: dz of one chunk of tiles (backward)
+  int64_t gz_floats;
   float *ws;     // ps_conv2d workspace: max over the blocks of ps_nn_convblock_ws_floats()
   int64_t ws_floats;
   double *stats; // threads * (2*OC + 1)

@@ -387,6 +387,7 @@ static void plan_pass(ps_model *m, planner *p) {
       m->s_gpb = TAKE_F(p, NT * maxp);
       m->s_scr.chunk = chunk;
       m->s_scr.gz = m->s_gz;
+      m->s_scr.gz_floats = chunk * maxz;
       m->s_scr.ws_floats = maxws;
       m->s_scr.ws = TAKE_F(p, maxws);
       m->s_scr.stats = take(p, (size_t)(nth * (2 * maxoc + 1)) * sizeof(double));

@@ -206,7 +206,8 @@ static void test_convblock(bool training, int groups) {
             {1e-5f, 0.0f, training, {NULL, NULL}, groups},
             {0}};
   c.s.chunk = 2; // 3 tiles: a full chunk and a partial one
-  c.s.gz = zeros(c.s.chunk * 4 * 36);
+  c.s.gz_floats = c.s.chunk * 4 * 36;
+  c.s.gz = zeros(c.s.gz_floats);
   c.s.ws_floats = ps_nn_convblock_ws_floats(&d, c.s.chunk);
   c.s.ws = zeros(c.s.ws_floats);
   c.s.stats = calloc((size_t)omp_get_max_threads() * 9, sizeof(double));
