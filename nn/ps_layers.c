@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "ps_ops.h"
 #include "ps_rng.h"
 
 static const char *const act_names[] = {"none", "relu", "gelu", "tanh", "sigmoid"};
@@ -62,143 +63,29 @@ void ps_nn_act_backward(float *dy, const float *out, const float *pre, int64_t n
   }
 }
 
-// ---- Linear -------------------------------------------------------------------------------------
-void ps_nn_linear_forward(float *out, float *pre, const float *in, const float *w, const float *b, int64_t n,
-                          int64_t din, int64_t dout, ps_nn_act act) {
-  if (n == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)dout, (int)din, 1.0f, in, (int)din, w, (int)din,
-              0.0f, out, (int)dout);
-  // Fused bias + activation: one pass over the output while it is in cache.
-  for (int64_t r = 0; r < n; r++) {
-    float *o = out + r * dout;
-    if (b)
-      for (int64_t j = 0; j < dout; j++) o[j] += b[j];
-    ps_nn_act_forward(o, pre ? pre + r * dout : NULL, dout, act);
-  }
+// ---- Linear: tensor's ps_linear_* (threaded GEMM, CUDA dispatch) + nn's fused activation pass ------
+#define WRAP(ptr, ...) ps_tensor_wrap((void *)(ptr), PS_F32, PS_CPU, PS_SHAPE(__VA_ARGS__))
+
+ps_status ps_nn_linear_forward(float *out, float *pre, const float *in, const float *w, const float *b, int64_t n,
+                               int64_t din, int64_t dout, ps_nn_act act) {
+  if (n == 0) return PS_OK;
+  ps_tensor to = WRAP(out, n, dout), ti = WRAP(in, n, din), tw = WRAP(w, dout, din), tb = WRAP(b, dout);
+  PS_TRY(ps_linear_forward(&to, &ti, &tw, b ? &tb : NULL));
+  ps_nn_act_forward(out, pre, n * dout, act);
+  return PS_OK;
 }
 
-void ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
-                           const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_, ps_nn_act act) {
-  if (n == 0) return;
+ps_status ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
+                                const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_,
+                                ps_nn_act act) {
+  if (n == 0) return PS_OK;
   ps_nn_act_backward(dout, out, pre, n * dout_, act);
-  if (db)
-    for (int64_t r = 0; r < n; r++)
-      for (int64_t j = 0; j < dout_; j++) db[j] += dout[r * dout_ + j];
-  if (dw)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)dout_, (int)din_, (int)n, 1.0f, dout, (int)dout_, in,
-                (int)din_, 1.0f, dw, (int)din_);
-  if (din)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)din_, (int)dout_, 1.0f, dout, (int)dout_, w,
-                (int)din_, 1.0f, din, (int)din_);
+  ps_tensor tdi = WRAP(din, n, din_), tdw = WRAP(dw, dout_, din_), tdb = WRAP(db, dout_), tdo = WRAP(dout, n, dout_),
+            ti = WRAP(in, n, din_), tw = WRAP(w, dout_, din_);
+  return ps_linear_backward(din ? &tdi : NULL, dw ? &tdw : NULL, db ? &tdb : NULL, &tdo, &ti, &tw);
 }
 
-// ---- im2col / col2im (stride 1, padding ks/2) -------------------------------------------------
-// col (C*KS*KS, H*W)
-static void im2col(float *col, const float *in, int64_t c, int64_t h, int64_t w, int ks) {
-  int p = ks / 2;
-  for (int64_t ci = 0; ci < c; ci++)
-    for (int ky = 0; ky < ks; ky++)
-      for (int kx = 0; kx < ks; kx++) {
-        float *dst = col + ((ci * ks + ky) * ks + kx) * h * w;
-        const float *src = in + ci * h * w;
-        int64_t x0 = p - kx > 0 ? p - kx : 0;            // first x with ix >= 0
-        int64_t x1 = w + p - kx < w ? w + p - kx : w;    // one past last x with ix < w
-        for (int64_t y = 0; y < h; y++) {
-          int64_t iy = y + ky - p;
-          float *d = dst + y * w;
-          if (iy < 0 || iy >= h) {
-            memset(d, 0, (size_t)w * sizeof(float));
-            continue;
-          }
-          for (int64_t x = 0; x < x0; x++) d[x] = 0.0f;
-          memcpy(d + x0, src + iy * w + x0 + kx - p, (size_t)(x1 - x0) * sizeof(float));
-          for (int64_t x = x1; x < w; x++) d[x] = 0.0f;
-        }
-      }
-}
-
-static void col2im_add(float *in, const float *col, int64_t c, int64_t h, int64_t w, int ks) {
-  int p = ks / 2;
-  for (int64_t ci = 0; ci < c; ci++)
-    for (int ky = 0; ky < ks; ky++)
-      for (int kx = 0; kx < ks; kx++) {
-        const float *src = col + ((ci * ks + ky) * ks + kx) * h * w;
-        float *dst = in + ci * h * w;
-        int64_t x0 = p - kx > 0 ? p - kx : 0;
-        int64_t x1 = w + p - kx < w ? w + p - kx : w;
-        for (int64_t y = 0; y < h; y++) {
-          int64_t iy = y + ky - p;
-          if (iy < 0 || iy >= h) continue;
-          float *d = dst + iy * w + kx - p;
-          const float *s = src + y * w;
-          for (int64_t x = x0; x < x1; x++) d[x] += s[x];
-        }
-      }
-}
-
-int64_t ps_nn_conv_col_floats(int64_t c, int64_t h, int64_t w, int ks) {
-  return 2 * c * ks * ks * h * w; // col + dcol
-}
-
-void ps_nn_conv2d_forward(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t c,
-                          int64_t oc, int64_t h, int64_t wd, int ks, float *col) {
-  int64_t hw = h * wd, ck = c * ks * ks, colsz = ps_nn_conv_col_floats(c, h, wd, ks);
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    float *cl = col + omp_get_thread_num() * colsz;
-    im2col(cl, in + i * c * hw, c, h, wd, ks);
-    float *o = out + i * oc * hw;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)oc, (int)hw, (int)ck, 1.0f, w, (int)ck, cl, (int)hw,
-                0.0f, o, (int)hw);
-    if (b)
-      for (int64_t o_ = 0; o_ < oc; o_++)
-        for (int64_t j = 0; j < hw; j++) o[o_ * hw + j] += b[o_];
-  }
-}
-
-static void reduce_thread_buffers(float *dst, float *scratch, int64_t len, int nth) {
-  for (int t = 0; t < nth; t++)
-    for (int64_t j = 0; j < len; j++) dst[j] += scratch[t * len + j];
-}
-
-// Per sample: dW_t += dout_i · col_i^T, dcol = W^T dout_i, din_i += col2im(dcol).
-static void conv_backward_sample(float *din_i, float *dw_t, const float *dout_i, const float *in_i, const float *w,
-                                 int64_t c, int64_t oc, int64_t h, int64_t wd, int ks, float *cl) {
-  int64_t hw = h * wd, ck = c * ks * ks;
-  float *dcol = cl + ck * hw;
-  if (dw_t) {
-    im2col(cl, in_i, c, h, wd, ks);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)oc, (int)ck, (int)hw, 1.0f, dout_i, (int)hw, cl, (int)hw,
-                1.0f, dw_t, (int)ck);
-  }
-  if (din_i) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)ck, (int)hw, (int)oc, 1.0f, w, (int)ck, dout_i, (int)hw,
-                0.0f, dcol, (int)hw);
-    col2im_add(din_i, dcol, c, h, wd, ks);
-  }
-}
-
-void ps_nn_conv2d_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w,
-                           int64_t n, int64_t c, int64_t oc, int64_t h, int64_t wd, int ks, float *col,
-                           float *dw_scratch) {
-  int64_t hw = h * wd, wsz = oc * c * ks * ks, colsz = ps_nn_conv_col_floats(c, h, wd, ks);
-  int nth = omp_get_max_threads();
-  if (dw) memset(dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    int t = omp_get_thread_num();
-    conv_backward_sample(din ? din + i * c * hw : NULL, dw ? dw_scratch + t * wsz : NULL, dout + i * oc * hw,
-                         in + i * c * hw, w, c, oc, h, wd, ks, col + t * colsz);
-  }
-  if (dw) reduce_thread_buffers(dw, dw_scratch, wsz, nth);
-  if (db)
-    for (int64_t i = 0; i < n; i++)
-      for (int64_t o = 0; o < oc; o++) {
-        double s = 0;
-        for (int64_t j = 0; j < hw; j++) s += dout[(i * oc + o) * hw + j];
-        db[o] += (float)s;
-      }
-}
+static const ps_conv2d_params conv3x3 = {1, 1, 1, 1}; // stride 1, "same" padding
 
 // Sum and sum of squares of x (n): 8 float lanes per block of up to 1024 elements (the loop
 // vectorizes without -ffast-math), blocks accumulated in double. Fixed order: deterministic.
@@ -313,63 +200,35 @@ ps_status ps_nn_batchnorm_backward(float *din, float *dgamma, float *dbeta, cons
   return PS_OK;
 }
 
-// ---- LayerNorm -------------------------------------------------------------------------------
-void ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
-                             const float *beta, int64_t n, int64_t d, float eps) {
-  for (int64_t i = 0; i < n; i++) {
-    const float *x = in + i * d;
-    double s = 0, ss = 0;
-    for (int64_t j = 0; j < d; j++) s += x[j];
-    double m = s / (double)d;
-    for (int64_t j = 0; j < d; j++) ss += (x[j] - m) * (x[j] - m);
-    float r = (float)(1.0 / sqrt(ss / (double)d + eps));
-    mean[i] = (float)m;
-    rstd[i] = r;
-    for (int64_t j = 0; j < d; j++) out[i * d + j] = (x[j] - (float)m) * r * gamma[j] + beta[j];
-  }
+// ---- LayerNorm, dropout: tensor's ops -------------------------------------------------------
+ps_status ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                                  const float *beta, int64_t n, int64_t d, float eps) {
+  if (n == 0) return PS_OK;
+  ps_tensor to = WRAP(out, n, d), tm = WRAP(mean, n), tr = WRAP(rstd, n), ti = WRAP(in, n, d), tg = WRAP(gamma, d),
+            tb = WRAP(beta, d);
+  return ps_layernorm_forward(&to, &tm, &tr, &ti, &tg, &tb, eps);
 }
 
-void ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
-                              const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d) {
-  for (int64_t i = 0; i < n; i++) {
-    const float *x = in + i * d, *dy = dout + i * d;
-    double a = 0, bq = 0;
-    for (int64_t j = 0; j < d; j++) {
-      float xh = (x[j] - mean[i]) * rstd[i];
-      float g = dy[j] * gamma[j];
-      a += g;
-      bq += g * xh;
-      if (dgamma) dgamma[j] += dy[j] * xh;
-      if (dbeta) dbeta[j] += dy[j];
-    }
-    a /= (double)d;
-    bq /= (double)d;
-    if (din)
-      for (int64_t j = 0; j < d; j++) {
-        float xh = (x[j] - mean[i]) * rstd[i];
-        din[i * d + j] += rstd[i] * (dy[j] * gamma[j] - (float)a - xh * (float)bq);
-      }
-  }
+ps_status ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
+                                   const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d) {
+  if (n == 0) return PS_OK;
+  ps_tensor tdi = WRAP(din, n, d), tdg = WRAP(dgamma, d), tdb = WRAP(dbeta, d), tdo = WRAP(dout, n, d),
+            ti = WRAP(in, n, d), tm = WRAP(mean, n), tr = WRAP(rstd, n), tg = WRAP(gamma, d);
+  return ps_layernorm_backward(din ? &tdi : NULL, dgamma ? &tdg : NULL, dbeta ? &tdb : NULL, &tdo, &ti, &tm, &tr, &tg);
 }
 
-// ---- Dropout ---------------------------------------------------------------------------------
-void ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
-                           const uint64_t *row_streams, int64_t n, int64_t d) {
-  float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  for (int64_t i = 0; i < n; i++) {
-    ps_rng r = ps_rng_make(seed, row_streams[i]);
-    for (int64_t j = 0; j < d; j++) {
-      uint8_t keep = ps_rng_uniform(&r, (uint64_t)j) >= p;
-      mask[i * d + j] = keep;
-      out[i * d + j] = keep ? in[i * d + j] * scale : 0.0f;
-    }
-  }
+ps_status ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
+                                const uint64_t *row_streams, int64_t n, int64_t d) {
+  if (n == 0) return PS_OK;
+  ps_tensor to = WRAP(out, n, d), ti = WRAP(in, n, d), tm = ps_tensor_wrap(mask, PS_U8, PS_CPU, PS_SHAPE(n, d));
+  return ps_dropout_forward(&to, &tm, &ti, p, seed, row_streams);
 }
 
-void ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d) {
-  float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  for (int64_t i = 0; i < n * d; i++)
-    if (mask[i]) din[i] += dout[i] * scale;
+ps_status ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d) {
+  if (n == 0) return PS_OK;
+  ps_tensor tdi = WRAP(din, n, d), tdo = WRAP(dout, n, d),
+            tm = ps_tensor_wrap((void *)mask, PS_U8, PS_CPU, PS_SHAPE(n, d));
+  return ps_dropout_backward(&tdi, &tdo, &tm, p);
 }
 
 // ---- pooling ---------------------------------------------------------------------------------
@@ -424,42 +283,57 @@ void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c,
 }
 
 // ---- fused conv block ---------------------------------------------------------------------------
+// Tiles per conv call in a block of tile size tile_floats (OC*H*W): as many as fill the dz buffer
+// (planned for the largest block), at least s->chunk. Fewer, larger OpenMP regions: each region's
+// barrier is costly when the threads share a core (launchers bind ranks; see docs/threads.md).
+static int64_t block_chunk(const ps_nn_convblock_scratch *s, int64_t tile_floats) {
+  int64_t ck = s->gz_floats / (tile_floats > 0 ? tile_floats : 1);
+  return ck > s->chunk ? ck : s->chunk;
+}
+
 ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *mean, float *rstd,
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
-  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, ck = c * 9;
-  const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2;
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, oh = h / 2, ow = wd / 2;
   PS_REQUIRE(h % 2 == 0 && wd % 2 == 0, "conv block: input %lldx%lld must be even for 2x2 pooling", (long long)h,
              (long long)wd);
   PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
              (long long)oc, o->groups);
+  PS_REQUIRE(s->chunk > 0 && s->gz && s->gz_floats >= s->chunk * oc * hw && s->ws,
+             "conv block: scratch not planned for %lld-channel %lldx%lld tiles (chunk, gz, ws)", (long long)oc,
+             (long long)h, (long long)wd);
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
+  ps_tensor tw = WRAP(w, oc, c, 3, 3), tws = WRAP(s->ws, s->ws_floats);
+  // Chunks of tiles: tensor's conv (threaded, tuned lowering), then the statistics while the chunk's
+  // output is still in cache.
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
+    ps_tensor tin = WRAP(in + i0 * c * hw, cn, c, h, wd), tz = WRAP(z + i0 * oc * hw, cn, oc, h, wd);
+    PS_TRY(ps_conv2d_forward(&tz, &tin, &tw, NULL, &conv3x3, &tws));
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    int t = omp_get_thread_num();
-    float *cl = s->col + t * colsz, *zi = z + i * oc * hw;
-    double *st = s->stats + t * (2 * oc + 1);
-    im2col(cl, in + i * c * hw, c, h, wd, 3);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)oc, (int)hw, (int)ck, 1.0f, w, (int)ck, cl, (int)hw,
-                0.0f, zi, (int)hw);
-    if (o->groups > 0) { // GroupNorm: per-tile statistics over (OC/groups channels, H, W)
-      const int64_t cg = oc / o->groups;
-      for (int64_t g = 0; g < o->groups; g++) {
-        double sm, ss;
-        sum_sumsq(zi + g * cg * hw, cg * hw, &sm, &ss);
-        double m = sm / (double)(cg * hw), var = ss / (double)(cg * hw) - m * m;
-        mean[i * o->groups + g] = (float)m;
-        rstd[i * o->groups + g] = (float)(1.0 / sqrt((var > 0 ? var : 0) + o->eps));
-      }
-    } else if (o->training) // BN statistics while the tile's output is hot in cache
-      for (int64_t j = 0; j < oc; j++) {
-        double sm, ss;
-        sum_sumsq(zi + j * hw, hw, &sm, &ss);
-        st[j] += sm;
-        st[oc + j] += ss;
-      }
+    for (int64_t i = i0; i < i0 + cn; i++) {
+      const float *zi = z + i * oc * hw;
+      double *st = s->stats + omp_get_thread_num() * (2 * oc + 1);
+      if (o->groups > 0) { // GroupNorm: per-tile statistics over (OC/groups channels, H, W)
+        const int64_t cg = oc / o->groups;
+        for (int64_t g = 0; g < o->groups; g++) {
+          double sm, ss;
+          sum_sumsq(zi + g * cg * hw, cg * hw, &sm, &ss);
+          double m = sm / (double)(cg * hw), var = ss / (double)(cg * hw) - m * m;
+          mean[i * o->groups + g] = (float)m;
+          rstd[i * o->groups + g] = (float)(1.0 / sqrt((var > 0 ? var : 0) + o->eps));
+        }
+      } else if (o->training)
+        for (int64_t j = 0; j < oc; j++) {
+          double sm, ss;
+          sum_sumsq(zi + j * hw, hw, &sm, &ss);
+          st[j] += sm;
+          st[oc + j] += ss;
+        }
+    }
   }
   if (o->groups <= 0) {
     for (int t = 1; t < nth; t++)
@@ -492,6 +366,28 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
   return PS_OK;
 }
 
+int64_t ps_nn_convblock_chunk(void) {
+  int t = omp_get_max_threads();
+  return 16 * (int64_t)(t > 0 ? t : 1);
+}
+
+int64_t ps_nn_convblock_ws_floats(const ps_nn_convblock_dims *d, int64_t chunk) {
+  ps_tensor tin = WRAP(NULL, chunk, d->c, d->h, d->w), tw = WRAP(NULL, d->oc, d->c, 3, 3);
+  return ps_conv2d_workspace_floats(&tin, &tw, &conv3x3);
+}
+
+// dz of tiles [i0, i0 + cn) (in gz, chunk-major) through tensor's conv backward: dw accumulated, din
+// accumulated when non-NULL (NULL for the first block, whose input is pixels).
+static ps_status conv_chunk_backward(float *din, float *dw, const float *gz, const float *in, const float *w,
+                                     int64_t i0, int64_t cn, const ps_nn_convblock_dims *d,
+                                     const ps_nn_convblock_scratch *s) {
+  const int64_t c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  ps_tensor tdi = WRAP(din ? din + i0 * c * hw : NULL, cn, c, h, wd), tdw = WRAP(dw, oc, c, 3, 3),
+            tdo = WRAP(gz, cn, oc, h, wd), tin = WRAP(in + i0 * c * hw, cn, c, h, wd), tw = WRAP(w, oc, c, 3, 3),
+            tws = WRAP(s->ws, s->ws_floats);
+  return ps_conv2d_backward(din ? &tdi : NULL, &tdw, NULL, &tdo, &tin, &tw, &conv3x3, &tws);
+}
+
 // GroupNorm variant of the block backward: everything is per tile, so one pass per tile
 // (unpool + ReLU mask, group sums, dz, conv GEMMs); gamma/beta gradients in per-thread doubles.
 static ps_status groupnorm_block_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz,
@@ -499,58 +395,59 @@ static ps_status groupnorm_block_backward(float *din, float *dw, float *dgamma, 
                                           const float *mean, const float *rstd, const float *in, const float *w,
                                           const float *gamma, const float *beta, const ps_nn_convblock_dims *d,
                                           const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
-  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, G = o->groups, cg = oc / G;
-  const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2, wsz = oc * c * 9;
+  const int64_t n = d->n, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, G = o->groups, cg = oc / G;
+  const int64_t oh = h / 2, ow = wd / 2;
   int nth = omp_get_max_threads();
-  memset(s->dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    int t = omp_get_thread_num();
-    double *st = s->stats + t * (2 * oc + 1); // dbeta (OC), dgamma (OC)
-    float *gt = gz + t * oc * hw;
-    for (int64_t g = 0; g < G; g++) {
-      const float mg = mean[i * G + g], rg = rstd[i * G + g];
-      double sa = 0, sb = 0; // sum of dxhat, sum of dxhat * xhat over the group
-      for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
-        float sc = gamma[j] * rg, sh = beta[j] - mg * sc;
-        const float *zz = z + (i * oc + j) * hw;
-        const float *dp = dpool + (i * oc + j) * oh * ow;
-        const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-        float *gg = gt + j * hw;
-        memset(gg, 0, (size_t)hw * sizeof(float));
-        double sdy = 0, sdx = 0;
-        for (int64_t oy = 0; oy < oh; oy++)
-          for (int64_t ox = 0; ox < ow; ox++) {
-            int bi = am[oy * ow + ox];
-            int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-            if (zz[pos] * sc + sh > 0.0f) {
-              float gv = dp[oy * ow + ox];
-              gg[pos] = gv;
-              sdy += gv;
-              sdx += (double)gv * ((zz[pos] - mg) * rg);
+    for (int64_t i = i0; i < i0 + cn; i++) {
+      int t = omp_get_thread_num();
+      double *st = s->stats + t * (2 * oc + 1); // dbeta (OC), dgamma (OC)
+      float *gt = gz + (i - i0) * oc * hw;
+      for (int64_t g = 0; g < G; g++) {
+        const float mg = mean[i * G + g], rg = rstd[i * G + g];
+        double sa = 0, sb = 0; // sum of dxhat, sum of dxhat * xhat over the group
+        for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
+          float sc = gamma[j] * rg, sh = beta[j] - mg * sc;
+          const float *zz = z + (i * oc + j) * hw;
+          const float *dp = dpool + (i * oc + j) * oh * ow;
+          const uint8_t *am = argmax + (i * oc + j) * oh * ow;
+          float *gg = gt + j * hw;
+          memset(gg, 0, (size_t)hw * sizeof(float));
+          double sdy = 0, sdx = 0;
+          for (int64_t oy = 0; oy < oh; oy++)
+            for (int64_t ox = 0; ox < ow; ox++) {
+              int bi = am[oy * ow + ox];
+              int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
+              if (zz[pos] * sc + sh > 0.0f) {
+                float gv = dp[oy * ow + ox];
+                gg[pos] = gv;
+                sdy += gv;
+                sdx += (double)gv * ((zz[pos] - mg) * rg);
+              }
             }
-          }
-        st[j] += sdy;
-        st[oc + j] += sdx;
-        sa += gamma[j] * sdy;
-        sb += gamma[j] * sdx;
-      }
-      const float a = (float)(sa / (double)(cg * hw)), bq = (float)(sb / (double)(cg * hw));
-      for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
-        const float *zz = z + (i * oc + j) * hw;
-        float *gg = gt + j * hw;
-        for (int64_t k = 0; k < hw; k++) gg[k] = rg * (gamma[j] * gg[k] - a - (zz[k] - mg) * rg * bq);
+          st[j] += sdy;
+          st[oc + j] += sdx;
+          sa += gamma[j] * sdy;
+          sb += gamma[j] * sdx;
+        }
+        const float a = (float)(sa / (double)(cg * hw)), bq = (float)(sb / (double)(cg * hw));
+        for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
+          const float *zz = z + (i * oc + j) * hw;
+          float *gg = gt + j * hw;
+          for (int64_t k = 0; k < hw; k++) gg[k] = rg * (gamma[j] * gg[k] - a - (zz[k] - mg) * rg * bq);
+        }
       }
     }
-    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gt, in + i * c * hw, w, c, oc, h, wd,
-                         3, s->col + t * colsz);
+    PS_TRY(conv_chunk_backward(din, dw, gz, in, w, i0, cn, d, s));
   }
   for (int t = 0; t < nth; t++)
     for (int64_t j = 0; j < oc; j++) {
       dbeta[j] += (float)s->stats[t * (2 * oc + 1) + j];
       dgamma[j] += (float)s->stats[t * (2 * oc + 1) + oc + j];
     }
-  reduce_thread_buffers(dw, s->dw_scratch, wsz, nth);
   return PS_OK;
 }
 
@@ -558,8 +455,8 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
                                    const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
                                    const float *in, const float *w, const float *gamma, const float *beta,
                                    const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
-  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
-  const int64_t colsz = ps_nn_conv_col_floats(c, h, wd, 3), oh = h / 2, ow = wd / 2, wsz = oc * c * 9;
+  const int64_t n = d->n, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  const int64_t oh = h / 2, ow = wd / 2;
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
   if (o->groups > 0) return groupnorm_block_backward(din, dw, dgamma, dbeta, gz, dpool, argmax, z, mean, rstd, in, w,
@@ -574,19 +471,23 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
       const float *zz = z + (i * oc + j) * hw;
       const float *dp = dpool + (i * oc + j) * oh * ow;
       const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      double sdy = 0, sdx = 0;
-      for (int64_t oy = 0; oy < oh; oy++)
+      // Branch-free (the ReLU mask is data-dependent, ~half taken); float sums per output row,
+      // double across rows: fixed order, so deterministic.
+      double sdy = 0, sdz = 0; // sum dy, sum dy * z
+      for (int64_t oy = 0; oy < oh; oy++) {
+        float ry = 0.0f, rz = 0.0f;
         for (int64_t ox = 0; ox < ow; ox++) {
           int bi = am[oy * ow + ox];
           float zv = zz[(2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1)];
-          if (zv * sc + sh > 0.0f) {
-            float gv = dp[oy * ow + ox];
-            sdy += gv;
-            sdx += (double)gv * ((zv - mean[j]) * rstd[j]);
-          }
+          float gv = (float)(zv * sc + sh > 0.0f) * dp[oy * ow + ox]; // 0/1 factor: no branch
+          ry += gv;
+          rz += gv * zv;
         }
+        sdy += ry;
+        sdz += rz;
+      }
       st[j] += sdy;
-      st[oc + j] += sdx;
+      st[oc + j] += (sdz - (double)mean[j] * sdy) * (double)rstd[j]; // sum dy * xhat
     }
   }
   for (int t = 1; t < nth; t++)
@@ -599,44 +500,45 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   if (o->training && o->reducer.fn) PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats, 2 * oc + 1));
   const double cnt = s->stats[2 * oc] > 0 ? s->stats[2 * oc] : 1.0; // 0 only when there is no tile at all
   const double *stats = s->stats;
-  // 2. Per tile, in a cache-resident per-thread buffer: dz = BN backward of the unpooled,
-  //    ReLU-masked gradient, then the conv GEMMs.
-  memset(s->dw_scratch, 0, (size_t)(nth * wsz) * sizeof(float));
+  // 2. Per chunk of tiles, in a cache-sized buffer: dz = BN backward of the unpooled, ReLU-masked
+  //    gradient, then tensor's conv backward on the chunk.
+  const int64_t chunk = block_chunk(s, oc * hw);
+  for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+    const int64_t cn = n - i0 < chunk ? n - i0 : chunk;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    int t = omp_get_thread_num();
-    float *gt = gz + t * oc * hw;
-    for (int64_t j = 0; j < oc; j++) {
-      float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
-      float a = o->training ? (float)(stats[j] / cnt) : 0.0f, bq = o->training ? (float)(stats[oc + j] / cnt) : 0.0f;
-      const float *zz = z + (i * oc + j) * hw;
-      const float *dp = dpool + (i * oc + j) * oh * ow;
-      const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      float *gg = gt + j * hw;
-      memset(gg, 0, (size_t)hw * sizeof(float));
-      for (int64_t oy = 0; oy < oh; oy++)
-        for (int64_t ox = 0; ox < ow; ox++) {
-          int bi = am[oy * ow + ox];
-          int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-          if (zz[pos] * sc + sh > 0.0f) gg[pos] = dp[oy * ow + ox];
-        }
-      float mj = mean[j], rj = rstd[j];
-      for (int64_t k = 0; k < hw; k++) gg[k] = g * (gg[k] - a - (zz[k] - mj) * rj * bq);
+    for (int64_t i = i0; i < i0 + cn; i++) {
+      float *gt = gz + (i - i0) * oc * hw;
+      for (int64_t j = 0; j < oc; j++) {
+        float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
+        float a = o->training ? (float)(stats[j] / cnt) : 0.0f, bq = o->training ? (float)(stats[oc + j] / cnt) : 0.0f;
+        const float *zz = z + (i * oc + j) * hw;
+        const float *dp = dpool + (i * oc + j) * oh * ow;
+        const uint8_t *am = argmax + (i * oc + j) * oh * ow;
+        float *gg = gt + j * hw;
+        // dz = g (dy - a - xhat bq) = c0 + c1 z + g dy: one vectorized affine pass over the map,
+        // then the pooled winners that pass the ReLU add g dy (no memset, no second full pass).
+        const float mj = mean[j], rj = rstd[j], c1 = -g * rj * bq, c0 = -g * a + g * mj * rj * bq;
+        for (int64_t k = 0; k < hw; k++) gg[k] = c0 + c1 * zz[k];
+        for (int64_t oy = 0; oy < oh; oy++)
+          for (int64_t ox = 0; ox < ow; ox++) {
+            int bi = am[oy * ow + ox];
+            int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
+            gg[pos] += (float)(zz[pos] * sc + sh > 0.0f) * g * dp[oy * ow + ox];
+          }
+      }
     }
-    conv_backward_sample(din ? din + i * c * hw : NULL, s->dw_scratch + t * wsz, gt, in + i * c * hw, w, c, oc, h, wd,
-                         3, s->col + t * colsz);
+    PS_TRY(conv_chunk_backward(din, dw, gz, in, w, i0, cn, d, s));
   }
-  reduce_thread_buffers(dw, s->dw_scratch, wsz, nth);
   return PS_OK;
 }
 
 // ---- gated attention ----------------------------------------------------------------------------
-void ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const float *v, const float *bv,
-                         const float *u, const float *bu, const float *wv, const int64_t *off, int64_t nbags,
-                         int64_t d, int64_t a) {
+ps_status ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const float *v, const float *bv,
+                              const float *u, const float *bu, const float *wv, const int64_t *off, int64_t nbags,
+                              int64_t d, int64_t a) {
   int64_t nt = off[nbags];
-  ps_nn_linear_forward(c->a, NULL, h, v, bv, nt, d, a, PS_NN_ACT_TANH);
-  ps_nn_linear_forward(c->g, NULL, h, u, bu, nt, d, a, PS_NN_ACT_SIGMOID);
+  PS_TRY(ps_nn_linear_forward(c->a, NULL, h, v, bv, nt, d, a, PS_NN_ACT_TANH));
+  PS_TRY(ps_nn_linear_forward(c->g, NULL, h, u, bu, nt, d, a, PS_NN_ACT_SIGMOID));
   for (int64_t b = 0; b < nbags; b++) {
     float *o = out + b * d;
     memset(o, 0, (size_t)d * sizeof(float));
@@ -655,11 +557,13 @@ void ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const
       for (int64_t j = 0; j < d; j++) o[j] += c->alpha[k] * h[k * d + j];
     }
   }
+  return PS_OK;
 }
 
-void ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *dbu, float *dwv, const float *dout,
-                          const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u, const float *wv,
-                          const int64_t *off, int64_t nbags, int64_t d, int64_t a, float *scratch) {
+ps_status ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *dbu, float *dwv, const float *dout,
+                               const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u,
+                               const float *wv, const int64_t *off, int64_t nbags, int64_t d, int64_t a,
+                               float *scratch) {
   int64_t nt = off[nbags];
   float *da = scratch, *dg = da + nt * a, *ds = dg + nt * a, *dal = ds + nt;
   for (int64_t b = 0; b < nbags; b++) {
@@ -683,8 +587,9 @@ void ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *db
       dg[k * a + j] = ds[k] * wv[j] * av;
       dwv[j] += ds[k] * av * gv;
     }
-  ps_nn_linear_backward(dh, dv, dbv, da, h, v, c->a, NULL, nt, d, a, PS_NN_ACT_TANH);
-  ps_nn_linear_backward(dh, du, dbu, dg, h, u, c->g, NULL, nt, d, a, PS_NN_ACT_SIGMOID);
+  PS_TRY(ps_nn_linear_backward(dh, dv, dbv, da, h, v, c->a, NULL, nt, d, a, PS_NN_ACT_TANH));
+  PS_TRY(ps_nn_linear_backward(dh, du, dbu, dg, h, u, c->g, NULL, nt, d, a, PS_NN_ACT_SIGMOID));
+  return PS_OK;
 }
 
 // ---- transformer encoder layer ---------------------------------------------------------------------
@@ -710,11 +615,11 @@ void ps_nn_mhsa_cache_bind(ps_nn_mhsa_cache *c, float *mem, const ps_nn_mhsa_dim
   c->h = mem;
 }
 
-void ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
-                        const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s) {
+ps_status ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
+                             const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s) {
   const int64_t B = s->b, T = s->t, D = s->d, NH = s->nh, DH = D / NH, N = B * T;
   const float scale = 1.0f / sqrtf((float)DH);
-  ps_nn_linear_forward(c->qkv, NULL, x, p->wqkv, p->bqkv, N, D, 3 * D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_forward(c->qkv, NULL, x, p->wqkv, p->bqkv, N, D, 3 * D, PS_NN_ACT_NONE));
   for (int64_t b = 0; b < B; b++)
     for (int64_t hh = 0; hh < NH; hh++)
       for (int64_t i = 0; i < T; i++) {
@@ -743,29 +648,31 @@ void ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uin
           for (int64_t e = 0; e < DH; e++) cx[e] += pr[j] * v[e];
         }
       }
-  ps_nn_linear_forward(c->r1, NULL, c->ctx, p->wo, p->bo, N, D, D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_forward(c->r1, NULL, c->ctx, p->wo, p->bo, N, D, D, PS_NN_ACT_NONE));
   for (int64_t i = 0; i < N * D; i++) c->r1[i] += x[i];
-  ps_nn_layernorm_forward(c->y1, c->mean1, c->rstd1, c->r1, p->ln1_g, p->ln1_b, N, D, 1e-5f);
-  ps_nn_linear_forward(c->h, c->hpre, c->y1, p->w1, p->b1, N, D, s->df, PS_NN_ACT_GELU);
-  ps_nn_linear_forward(c->r2, NULL, c->h, p->w2, p->b2, N, s->df, D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_layernorm_forward(c->y1, c->mean1, c->rstd1, c->r1, p->ln1_g, p->ln1_b, N, D, 1e-5f));
+  PS_TRY(ps_nn_linear_forward(c->h, c->hpre, c->y1, p->w1, p->b1, N, D, s->df, PS_NN_ACT_GELU));
+  PS_TRY(ps_nn_linear_forward(c->r2, NULL, c->h, p->w2, p->b2, N, s->df, D, PS_NN_ACT_NONE));
   for (int64_t i = 0; i < N * D; i++) c->r2[i] += c->y1[i];
-  ps_nn_layernorm_forward(y, c->mean2, c->rstd2, c->r2, p->ln2_g, p->ln2_b, N, D, 1e-5f);
+  PS_TRY(ps_nn_layernorm_forward(y, c->mean2, c->rstd2, c->r2, p->ln2_g, p->ln2_b, N, D, 1e-5f));
+  return PS_OK;
 }
 
-void ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
-                         const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s, float *scratch) {
+ps_status ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
+                              const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s,
+                              float *scratch) {
   const int64_t B = s->b, T = s->t, D = s->d, NH = s->nh, DH = D / NH, N = B * T, DF = s->df;
   const float scale = 1.0f / sqrtf((float)DH);
   float *dr2 = scratch, *dy1 = dr2 + N * D, *dh = dy1 + N * D, *dr1 = dh + N * DF, *dctx = dr1 + N * D,
         *dqkv = dctx + N * D;
   memset(scratch, 0, (size_t)ps_nn_mhsa_scratch_floats(s) * sizeof(float));
-  ps_nn_layernorm_backward(dr2, g->ln2_g, g->ln2_b, dy, c->r2, c->mean2, c->rstd2, p->ln2_g, N, D);
+  PS_TRY(ps_nn_layernorm_backward(dr2, g->ln2_g, g->ln2_b, dy, c->r2, c->mean2, c->rstd2, p->ln2_g, N, D));
   memcpy(dy1, dr2, (size_t)(N * D) * sizeof(float)); // residual
-  ps_nn_linear_backward(dh, g->w2, g->b2, dr2, c->h, p->w2, NULL, NULL, N, DF, D, PS_NN_ACT_NONE);
-  ps_nn_linear_backward(dy1, g->w1, g->b1, dh, c->y1, p->w1, c->h, c->hpre, N, D, DF, PS_NN_ACT_GELU);
-  ps_nn_layernorm_backward(dr1, g->ln1_g, g->ln1_b, dy1, c->r1, c->mean1, c->rstd1, p->ln1_g, N, D);
+  PS_TRY(ps_nn_linear_backward(dh, g->w2, g->b2, dr2, c->h, p->w2, NULL, NULL, N, DF, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_linear_backward(dy1, g->w1, g->b1, dh, c->y1, p->w1, c->h, c->hpre, N, D, DF, PS_NN_ACT_GELU));
+  PS_TRY(ps_nn_layernorm_backward(dr1, g->ln1_g, g->ln1_b, dy1, c->r1, c->mean1, c->rstd1, p->ln1_g, N, D));
   for (int64_t i = 0; i < N * D; i++) dx[i] += dr1[i]; // residual
-  ps_nn_linear_backward(dctx, g->wo, g->bo, dr1, c->ctx, p->wo, NULL, NULL, N, D, D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_backward(dctx, g->wo, g->bo, dr1, c->ctx, p->wo, NULL, NULL, N, D, D, PS_NN_ACT_NONE));
   for (int64_t b = 0; b < B; b++)
     for (int64_t hh = 0; hh < NH; hh++)
       for (int64_t i = 0; i < T; i++) {
@@ -797,5 +704,6 @@ void ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_
           }
         }
       }
-  ps_nn_linear_backward(dx, g->wqkv, g->bqkv, dqkv, x, p->wqkv, NULL, NULL, N, D, 3 * D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_backward(dx, g->wqkv, g->bqkv, dqkv, x, p->wqkv, NULL, NULL, N, D, 3 * D, PS_NN_ACT_NONE));
+  return PS_OK;
 }

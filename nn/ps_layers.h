@@ -28,27 +28,20 @@ typedef struct {
 } ps_nn_reducer;
 
 // ---- Linear (+ fused bias and activation) -------------------------------------
+// Thin layers over tensor's ops (ps_linear_*, ps_layernorm_*, ps_dropout_*): the GEMMs are split over
+// the OpenMP threads and dispatch on device there; nn adds only the in-place activation pass.
 // out (N, Dout) = act(in (N, Din) · w^T + b); w (Dout, Din), b (Dout) or NULL.
 // pre (N, Dout) receives the pre-activation when act is GELU (needed by backward), else may be NULL.
-void ps_nn_linear_forward(float *out, float *pre, const float *in, const float *w, const float *b, int64_t n,
-                          int64_t din, int64_t dout, ps_nn_act act);
+ps_status ps_nn_linear_forward(float *out, float *pre, const float *in, const float *w, const float *b, int64_t n,
+                               int64_t din, int64_t dout, ps_nn_act act);
 // dout is consumed: overwritten in place with the pre-activation gradient.
-void ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
-                           const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_, ps_nn_act act);
+// Gradients accumulate (+=); a NULL gradient is not computed.
+ps_status ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
+                                const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_,
+                                ps_nn_act act);
 // In-place activation and its backward (dx = dy * act'(.) in place on dy).
 void ps_nn_act_forward(float *x, float *pre, int64_t n, ps_nn_act act);
 void ps_nn_act_backward(float *dy, const float *out, const float *pre, int64_t n, ps_nn_act act);
-
-// ---- Conv2d 3x3-style (kernel KS, stride 1, padding KS/2), NCHW -------------------
-// out (N, OC, H, W) = conv(in (N, C, H, W), w (OC, C, KS, KS)) + b (OC) or NULL.
-// col: per-thread scratch of ps_nn_conv_col_floats() floats times omp threads.
-int64_t ps_nn_conv_col_floats(int64_t c, int64_t h, int64_t w, int ks);
-void ps_nn_conv2d_forward(float *out, const float *in, const float *w, const float *b, int64_t n, int64_t c,
-                          int64_t oc, int64_t h, int64_t wd, int ks, float *col);
-// dw_scratch: per-thread (OC*C*KS*KS) accumulators times omp threads.
-void ps_nn_conv2d_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w,
-                           int64_t n, int64_t c, int64_t oc, int64_t h, int64_t wd, int ks, float *col,
-                           float *dw_scratch);
 
 // ---- BatchNorm over (N, C, HW) per channel (HW = 1: BatchNorm1d) -----------------
 typedef struct {
@@ -73,17 +66,17 @@ ps_status ps_nn_bn_finish_stats(float *mean, float *rstd, float *running_mean, f
                                 const ps_nn_bn_opts *o, double *stats);
 
 // ---- LayerNorm over the last dim of (N, D) ----------------------------------------
-void ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
-                             const float *beta, int64_t n, int64_t d, float eps);
-void ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
-                              const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d);
+ps_status ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                                  const float *beta, int64_t n, int64_t d, float eps);
+ps_status ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
+                                   const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d);
 
 // ---- Dropout (inverted) over rows of (N, D) -----------------------------------------
 // Element j of row r is kept iff ps_rng_uniform(ps_rng_make(seed, row_streams[r]), j) >= p,
 // so a row's mask depends only on its stream key, never on rank or thread.
-void ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
-                           const uint64_t *row_streams, int64_t n, int64_t d);
-void ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d);
+ps_status ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
+                                const uint64_t *row_streams, int64_t n, int64_t d);
+ps_status ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d);
 
 // ---- MaxPool2d (k x k, stride k, no padding) and global average pool -------------------
 // argmax (N, C, OH, OW) u8: winner's position within its window (first max).
@@ -102,15 +95,22 @@ typedef struct {
   int64_t n, c, oc, h, w; // input (N, C, H, W); output (N, OC, H/2, W/2)
 } ps_nn_convblock_dims;
 typedef struct {
-  float *col;        // per-thread im2col scratch: threads * ps_nn_conv_col_floats(C, H, W, 3)
-  float *dw_scratch; // per-thread: threads * OC*C*9
-  double *stats;     // threads * (2*OC + 1)
+  int64_t chunk; // tiles per conv call (ps_nn_convblock_chunk())
+  float *gz;     // gz_floats >= chunk * OC*H*W: dz of one chunk of tiles (backward)
+  int64_t gz_floats;
+  float *ws;     // ps_conv2d workspace: max over the blocks of ps_nn_convblock_ws_floats()
+  int64_t ws_floats;
+  double *stats; // threads * (2*OC + 1)
 } ps_nn_convblock_scratch;
+// Tiles per conv call at the current OpenMP thread count (enough images for every thread).
+int64_t ps_nn_convblock_chunk(void);
+// ps_conv2d workspace floats for one chunk of a block; planned once into the activation arena.
+int64_t ps_nn_convblock_ws_floats(const ps_nn_convblock_dims *d, int64_t chunk);
 ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *mean, float *rstd,
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
-// dpool (N, OC, H/2, W/2) in; gz: per-thread scratch of threads * OC*H*W floats; din (N, C, H, W)
+// dpool (N, OC, H/2, W/2) in; gz: s->chunk * OC*H*W floats of scratch; din (N, C, H, W)
 // accumulated when non-NULL.
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
                                    const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
@@ -126,13 +126,14 @@ typedef struct {
   float *g;     // (NT, A) sigmoid branch
   float *alpha; // (NT) attention per valid tile (sums to 1 per non-empty bag)
 } ps_nn_gattn_cache;
-void ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const float *v, const float *bv,
-                         const float *u, const float *bu, const float *wv, const int64_t *off, int64_t nbags,
-                         int64_t d, int64_t a);
+ps_status ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const float *v, const float *bv,
+                              const float *u, const float *bu, const float *wv, const int64_t *off, int64_t nbags,
+                              int64_t d, int64_t a);
 // scratch: 2*NT*A + 2*NT floats.
-void ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *dbu, float *dwv, const float *dout,
-                          const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u, const float *wv,
-                          const int64_t *off, int64_t nbags, int64_t d, int64_t a, float *scratch);
+ps_status ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *dbu, float *dwv, const float *dout,
+                               const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u,
+                               const float *wv, const int64_t *off, int64_t nbags, int64_t d, int64_t a,
+                               float *scratch);
 
 // ---- Transformer encoder layer (post-LN, like PyTorch's default) --------------------------
 // x (B*T, D) -> y (B*T, D): y1 = LN1(x + MHSA(x)), y = LN2(y1 + W2 gelu(W1 y1 + b1) + b2).
@@ -164,10 +165,11 @@ typedef struct {
 int64_t ps_nn_mhsa_cache_floats(const ps_nn_mhsa_dims *s);
 int64_t ps_nn_mhsa_scratch_floats(const ps_nn_mhsa_dims *s);
 void ps_nn_mhsa_cache_bind(ps_nn_mhsa_cache *c, float *mem, const ps_nn_mhsa_dims *s);
-void ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
-                        const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s);
+ps_status ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
+                             const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s);
 // dy is consumed (used as scratch). dx accumulated.
-void ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
-                         const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s, float *scratch);
+ps_status ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
+                              const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s,
+                              float *scratch);
 
 #endif

@@ -363,7 +363,8 @@ static void plan_pass(ps_model *m, planner *p) {
     if (c->slide_mode == PS_SLIDE_TILES) {
       const int64_t S = c->tile_size;
       m->s_x0 = TAKE_F(p, NT * 3 * S * S);
-      int64_t cin = 3, h = S, maxz = 0, maxp = 0, maxcol = 0, maxw = 0, maxoc = 0;
+      const int64_t chunk = ps_nn_convblock_chunk();
+      int64_t cin = 3, h = S, maxz = 0, maxp = 0, maxws = 0, maxoc = 0;
       for (int i = 0; i < 3; i++) {
         int64_t oc = c->cnn_ch[i];
         m->s_z[i] = TAKE_F(p, NT * oc * h * h);
@@ -374,17 +375,21 @@ static void plan_pass(ps_model *m, planner *p) {
         m->s_rstd[i] = TAKE_F(p, nstat);
         if (oc * h * h > maxz) maxz = oc * h * h;
         if (oc * (h / 2) * (h / 2) > maxp) maxp = oc * (h / 2) * (h / 2);
-        if (ps_nn_conv_col_floats(cin, h, h, 3) > maxcol) maxcol = ps_nn_conv_col_floats(cin, h, h, 3);
-        if (oc * cin * 9 > maxw) maxw = oc * cin * 9;
+        ps_nn_convblock_dims cd = {chunk, cin, oc, h, h};
+        int64_t ws = ps_nn_convblock_ws_floats(&cd, chunk);
+        if (ws > maxws) maxws = ws;
         if (oc > maxoc) maxoc = oc;
         cin = oc;
         h /= 2;
       }
-      m->s_gz = TAKE_F(p, nth * maxz); // per-thread dz of one tile
+      m->s_gz = TAKE_F(p, chunk * maxz); // dz of one chunk of tiles
       m->s_gpa = TAKE_F(p, NT * maxp);
       m->s_gpb = TAKE_F(p, NT * maxp);
-      m->s_scr.col = TAKE_F(p, nth * maxcol);
-      m->s_scr.dw_scratch = TAKE_F(p, nth * maxw);
+      m->s_scr.chunk = chunk;
+      m->s_scr.gz = m->s_gz;
+      m->s_scr.gz_floats = chunk * maxz;
+      m->s_scr.ws_floats = maxws;
+      m->s_scr.ws = TAKE_F(p, maxws);
       m->s_scr.stats = take(p, (size_t)(nth * (2 * maxoc + 1)) * sizeof(double));
     } else {
       m->s_x0 = TAKE_F(p, NT * c->feat_dim);
@@ -473,16 +478,16 @@ static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t st
     }
     m->o_streams[r] = ps_rng_stream(PS_RNG_DROPOUT, (uint64_t)step, (uint64_t)in->patient_id[b], DROPOUT_LAYER_AE);
   }
-  ps_nn_linear_forward(m->o_h1, NULL, m->o_xn, PD(m->enc1w), PD(m->enc1b), n, G, HA, PS_NN_ACT_RELU);
+  PS_TRY(ps_nn_linear_forward(m->o_h1, NULL, m->o_xn, PD(m->enc1w), PD(m->enc1b), n, G, HA, PS_NN_ACT_RELU));
   if (m->training && c->ae_dropout > 0) {
-    ps_nn_dropout_forward(m->o_h1d, m->o_mask, m->o_h1, c->ae_dropout, c->seed, m->o_streams, n, HA);
+    PS_TRY(ps_nn_dropout_forward(m->o_h1d, m->o_mask, m->o_h1, c->ae_dropout, c->seed, m->o_streams, n, HA));
   } else {
     memcpy(m->o_h1d, m->o_h1, (size_t)(n * HA) * sizeof(float));
     memset(m->o_mask, 1, (size_t)(n * HA));
   }
-  ps_nn_linear_forward(m->o_z, NULL, m->o_h1d, PD(m->enc2w), PD(m->enc2b), n, HA, D, PS_NN_ACT_NONE);
-  ps_nn_linear_forward(m->o_hd, NULL, m->o_z, PD(m->dec1w), PD(m->dec1b), n, D, HA, PS_NN_ACT_RELU);
-  ps_nn_linear_forward(m->o_rec, NULL, m->o_hd, PD(m->dec2w), PD(m->dec2b), n, HA, G, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_forward(m->o_z, NULL, m->o_h1d, PD(m->enc2w), PD(m->enc2b), n, HA, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_linear_forward(m->o_hd, NULL, m->o_z, PD(m->dec1w), PD(m->dec1b), n, D, HA, PS_NN_ACT_RELU));
+  PS_TRY(ps_nn_linear_forward(m->o_rec, NULL, m->o_hd, PD(m->dec2w), PD(m->dec2b), n, HA, G, PS_NN_ACT_NONE));
   double sse = 0;
   for (int64_t i = 0; i < n * G; i++) {
     double d = (double)m->o_rec[i] - m->o_x[i];
@@ -542,10 +547,10 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
       if (m->s_off[b + 1] > m->s_off[b])
         memcpy(m->s_x0 + m->s_off[b] * F, in->features + b * K * F,
                (size_t)((m->s_off[b + 1] - m->s_off[b]) * F) * sizeof(float));
-    ps_nn_linear_forward(m->s_h, NULL, m->s_x0, PD(m->projw), PD(m->projb), nt, F, D, PS_NN_ACT_RELU);
+    PS_TRY(ps_nn_linear_forward(m->s_h, NULL, m->s_x0, PD(m->projw), PD(m->projb), nt, F, D, PS_NN_ACT_RELU));
   }
-  ps_nn_gattn_forward(m->s_out, &m->s_att, m->s_h, PD(m->gv), PD(m->gbv), PD(m->gu), PD(m->gbu), PD(m->gw), m->s_off,
-                      in->b, D, A);
+  PS_TRY(ps_nn_gattn_forward(m->s_out, &m->s_att, m->s_h, PD(m->gv), PD(m->gbv), PD(m->gu), PD(m->gbu), PD(m->gw),
+                             m->s_off, in->b, D, A));
   for (int64_t b = 0; b < in->b; b++) {
     float *ta = m->tile_att + b * K;
     memset(ta, 0, (size_t)K * sizeof(float));
@@ -558,7 +563,7 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
   return PS_OK;
 }
 
-static void forward_clinical(ps_model *m, const ps_model_batch *in) {
+static ps_status forward_clinical(ps_model *m, const ps_model_batch *in) {
   const ps_model_config *c = &m->cfg;
   const int64_t C = c->clinical, HC = c->clinical_hidden, D = c->d;
   int64_t n = 0;
@@ -568,10 +573,11 @@ static void forward_clinical(ps_model *m, const ps_model_batch *in) {
       m->c_rows[n++] = b;
     }
   m->n_c = n;
-  ps_nn_linear_forward(m->c_h, NULL, m->c_x, PD(m->c1w), PD(m->c1b), n, C, HC, PS_NN_ACT_RELU);
-  ps_nn_linear_forward(m->c_z, NULL, m->c_h, PD(m->c2w), PD(m->c2b), n, HC, D, PS_NN_ACT_NONE);
+  PS_TRY(ps_nn_linear_forward(m->c_h, NULL, m->c_x, PD(m->c1w), PD(m->c1b), n, C, HC, PS_NN_ACT_RELU));
+  PS_TRY(ps_nn_linear_forward(m->c_z, NULL, m->c_h, PD(m->c2w), PD(m->c2b), n, HC, D, PS_NN_ACT_NONE));
   m->fl_fwd[PS_MT_CLINICAL] = 2.0 * n * (C * HC + HC * D);
   m->fl_bwd[PS_MT_CLINICAL] = 2.0 * n * (C * HC + 2 * HC * D);
+  return PS_OK;
 }
 
 static void mhsa_params_of(const ps_model *m, int l, ps_nn_mhsa_params *p) {
@@ -586,7 +592,7 @@ static void mhsa_grads_of(const ps_model *m, int l, ps_nn_mhsa_grads *g) {
                           PG(f->ln2g), PG(f->ln2b), PG(f->w1), PG(f->b1), PG(f->w2), PG(f->b2)};
 }
 
-static void forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
+static ps_status forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
   const ps_model_config *c = &m->cfg;
   const int64_t B = in->b, M = m->M, D = c->d;
   float *x = m->f_x[0];
@@ -618,7 +624,7 @@ static void forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
   for (int l = 0; l < c->fusion_layers; l++) {
     ps_nn_mhsa_params p;
     mhsa_params_of(m, l, &p);
-    ps_nn_mhsa_forward(m->f_x[l + 1], &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md);
+    PS_TRY(ps_nn_mhsa_forward(m->f_x[l + 1], &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md));
   }
   const float *y = m->f_x[c->fusion_layers];
   const float *hw = PD(m->headw), *hb = PD(m->headb);
@@ -654,6 +660,7 @@ static void forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
   double n = (double)(B * M);
   m->fl_fwd[PS_MT_FUSION] = c->fusion_layers * 2.0 * n * (3 * D * D + D * D + 2 * D * c->ff_hidden) + 2.0 * B * D;
   m->fl_bwd[PS_MT_FUSION] = 2 * m->fl_fwd[PS_MT_FUSION];
+  return PS_OK;
 }
 
 ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps_model_batch *in, bool training,
@@ -697,10 +704,10 @@ ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps
     memset(m->tile_att, 0, (size_t)(in->b * c->max_tiles) * sizeof(float));
   }
   double t2 = omp_get_wtime();
-  if (c->use[PS_NN_CLINICAL]) forward_clinical(m, in);
+  if (c->use[PS_NN_CLINICAL]) PS_TRY(forward_clinical(m, in));
   double t3 = omp_get_wtime();
   m->t_fwd[PS_MT_CLINICAL] = t3 - t2;
-  forward_fusion(m, in, eta);
+  PS_TRY(forward_fusion(m, in, eta));
   m->t_fwd[PS_MT_FUSION] = omp_get_wtime() - t3;
   return PS_OK;
 }
@@ -715,12 +722,12 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
   const int64_t B = m->B, D = c->d, A = c->attn_hidden, nt = m->n_t;
   double t0 = omp_get_wtime();
   memset(m->s_gh, 0, (size_t)(nt * D) * sizeof(float));
-  ps_nn_gattn_backward(m->s_gh, PG(m->gv), PG(m->gbv), PG(m->gu), PG(m->gbu), PG(m->gw), m->s_gout, &m->s_att, m->s_h,
-                       PD(m->gv), PD(m->gu), PD(m->gw), m->s_off, B, D, A, m->s_gattn_scratch);
+  PS_TRY(ps_nn_gattn_backward(m->s_gh, PG(m->gv), PG(m->gbv), PG(m->gu), PG(m->gbu), PG(m->gw), m->s_gout, &m->s_att,
+                              m->s_h, PD(m->gv), PD(m->gu), PD(m->gw), m->s_off, B, D, A, m->s_gattn_scratch));
   ready(m, hook, hctx, m->grp_gattn);
   if (c->slide_mode == PS_SLIDE_FEATURES) {
-    ps_nn_linear_backward(NULL, PG(m->projw), PG(m->projb), m->s_gh, m->s_x0, PD(m->projw), m->s_h, NULL, nt,
-                          c->feat_dim, D, PS_NN_ACT_RELU);
+    PS_TRY(ps_nn_linear_backward(NULL, PG(m->projw), PG(m->projb), m->s_gh, m->s_x0, PD(m->projw), m->s_h, NULL, nt,
+                                 c->feat_dim, D, PS_NN_ACT_RELU));
     ready(m, hook, hctx, m->grp_proj);
     m->t_bwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t0;
     return PS_OK;
@@ -754,7 +761,7 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
   return PS_OK;
 }
 
-static void backward_omics(ps_model *m, float lambda, ps_grad_ready_fn hook, void *hctx) {
+static ps_status backward_omics(ps_model *m, float lambda, ps_grad_ready_fn hook, void *hctx) {
   const ps_model_config *c = &m->cfg;
   const int64_t n = m->n_o, G = c->genes, HA = c->ae_hidden, D = c->d;
   if (n > 0) {
@@ -762,23 +769,24 @@ static void backward_omics(ps_model *m, float lambda, ps_grad_ready_fn hook, voi
     float s = (float)(2.0 * lambda / norm);
     for (int64_t i = 0; i < n * G; i++) m->o_grec[i] = s * (m->o_rec[i] - m->o_x[i]);
     memset(m->o_ghd, 0, (size_t)(n * HA) * sizeof(float));
-    ps_nn_linear_backward(m->o_ghd, PG(m->dec2w), PG(m->dec2b), m->o_grec, m->o_hd, PD(m->dec2w), NULL, NULL, n, HA, G,
-                          PS_NN_ACT_NONE);
-    ps_nn_linear_backward(m->o_gz, PG(m->dec1w), PG(m->dec1b), m->o_ghd, m->o_z, PD(m->dec1w), m->o_hd, NULL, n, D,
-                          HA, PS_NN_ACT_RELU);
+    PS_TRY(ps_nn_linear_backward(m->o_ghd, PG(m->dec2w), PG(m->dec2b), m->o_grec, m->o_hd, PD(m->dec2w), NULL, NULL, n,
+                                 HA, G, PS_NN_ACT_NONE));
+    PS_TRY(ps_nn_linear_backward(m->o_gz, PG(m->dec1w), PG(m->dec1b), m->o_ghd, m->o_z, PD(m->dec1w), m->o_hd, NULL, n,
+                                 D, HA, PS_NN_ACT_RELU));
   }
   ready(m, hook, hctx, m->grp_omics_dec);
   if (n > 0) {
     memset(m->o_gh1d, 0, (size_t)(n * HA) * sizeof(float));
-    ps_nn_linear_backward(m->o_gh1d, PG(m->enc2w), PG(m->enc2b), m->o_gz, m->o_h1d, PD(m->enc2w), NULL, NULL, n, HA, D,
-                          PS_NN_ACT_NONE);
+    PS_TRY(ps_nn_linear_backward(m->o_gh1d, PG(m->enc2w), PG(m->enc2b), m->o_gz, m->o_h1d, PD(m->enc2w), NULL, NULL, n,
+                                 HA, D, PS_NN_ACT_NONE));
     memset(m->o_gh1, 0, (size_t)(n * HA) * sizeof(float));
     float p = (m->training && c->ae_dropout > 0) ? c->ae_dropout : 0.0f;
-    ps_nn_dropout_backward(m->o_gh1, m->o_gh1d, m->o_mask, p, n, HA);
-    ps_nn_linear_backward(NULL, PG(m->enc1w), PG(m->enc1b), m->o_gh1, m->o_xn, PD(m->enc1w), m->o_h1, NULL, n, G, HA,
-                          PS_NN_ACT_RELU);
+    PS_TRY(ps_nn_dropout_backward(m->o_gh1, m->o_gh1d, m->o_mask, p, n, HA));
+    PS_TRY(ps_nn_linear_backward(NULL, PG(m->enc1w), PG(m->enc1b), m->o_gh1, m->o_xn, PD(m->enc1w), m->o_h1, NULL, n, G,
+                                 HA, PS_NN_ACT_RELU));
   }
   ready(m, hook, hctx, m->grp_omics_enc);
+  return PS_OK;
 }
 
 ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hctx) {
@@ -808,7 +816,7 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
     mhsa_params_of(m, l, &p);
     mhsa_grads_of(m, l, &g);
     memset(gx, 0, (size_t)(B * M * D) * sizeof(float));
-    ps_nn_mhsa_backward(gx, &g, gy, &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md, m->f_scratch);
+    PS_TRY(ps_nn_mhsa_backward(gx, &g, gy, &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md, m->f_scratch));
     ready(m, hook, hctx, m->grp_fusion[l]);
     float *tmp = gy;
     gy = gx;
@@ -828,10 +836,10 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
     const int64_t n = m->n_c, HC = c->clinical_hidden;
     for (int64_t r = 0; r < n; r++) memcpy(m->c_gz + r * D, gy + (m->c_rows[r] * M + t) * D, (size_t)D * sizeof(float));
     memset(m->c_gh, 0, (size_t)(n * HC) * sizeof(float));
-    ps_nn_linear_backward(m->c_gh, PG(m->c2w), PG(m->c2b), m->c_gz, m->c_h, PD(m->c2w), NULL, NULL, n, HC, D,
-                          PS_NN_ACT_NONE);
-    ps_nn_linear_backward(NULL, PG(m->c1w), PG(m->c1b), m->c_gh, m->c_x, PD(m->c1w), m->c_h, NULL, n, c->clinical, HC,
-                          PS_NN_ACT_RELU);
+    PS_TRY(ps_nn_linear_backward(m->c_gh, PG(m->c2w), PG(m->c2b), m->c_gz, m->c_h, PD(m->c2w), NULL, NULL, n, HC, D,
+                                 PS_NN_ACT_NONE));
+    PS_TRY(ps_nn_linear_backward(NULL, PG(m->c1w), PG(m->c1b), m->c_gh, m->c_x, PD(m->c1w), m->c_h, NULL, n,
+                                 c->clinical, HC, PS_NN_ACT_RELU));
     ready(m, hook, hctx, m->grp_clin);
     m->t_bwd[PS_MT_CLINICAL] = omp_get_wtime() - t1;
   }
@@ -845,7 +853,7 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
     int t = m->tok[PS_NN_OMICS];
     for (int64_t r = 0; r < m->n_o; r++)
       memcpy(m->o_gz + r * D, gy + (m->o_rows[r] * M + t) * D, (size_t)D * sizeof(float));
-    backward_omics(m, lambda_recon, hook, hctx);
+    PS_TRY(backward_omics(m, lambda_recon, hook, hctx));
     m->t_bwd[PS_MT_OMICS] = omp_get_wtime() - t1;
   }
   return PS_OK;

@@ -78,7 +78,7 @@ typedef struct {
 } lin_t;
 static void lin_f(void *p, float *out) {
   lin_t *c = p;
-  ps_nn_linear_forward(out, c->pre, c->x, c->w, c->b, c->n, c->din, c->dout, c->act);
+  TU_OK_V(ps_nn_linear_forward(out, c->pre, c->x, c->w, c->b, c->n, c->din, c->dout, c->act));
 }
 static void test_linear(ps_nn_act act) {
   lin_t c = {rnd(5 * 7, -1, 1, 1), rnd(4 * 7, -1, 1, 2), rnd(4, -1, 1, 3), zeros(20), 5, 7, 4, act};
@@ -86,7 +86,7 @@ static void test_linear(ps_nn_act act) {
   float *dx = zeros(35), *dw = zeros(28), *db = zeros(4);
   lin_f(&c, out);
   memcpy(dout, r, sizeof(float) * 20);
-  ps_nn_linear_backward(dx, dw, db, dout, c.x, c.w, out, c.pre, 5, 7, 4, act);
+  TU_OK_V(ps_nn_linear_backward(dx, dw, db, dout, c.x, c.w, out, c.pre, 5, 7, 4, act));
   lctx l = {lin_f, &c, out, r, 20};
   char nm[64];
   snprintf(nm, sizeof nm, "linear_%s.x", ps_nn_act_name(act));
@@ -96,28 +96,6 @@ static void test_linear(ps_nn_act act) {
   snprintf(nm, sizeof nm, "linear_%s.b", ps_nn_act_name(act));
   check(nm, c.b, db, 4, &l);
   free(c.x), free(c.w), free(c.b), free(c.pre), free(out), free(r), free(dout), free(dx), free(dw), free(db);
-}
-
-// ---- conv2d ---------------------------------------------------------------------------------------
-typedef struct {
-  float *x, *w, *b, *col;
-} conv_t;
-enum { CN = 2, CC = 3, COC = 4, CH = 5, CW = 6 };
-static void conv_f(void *p, float *out) {
-  conv_t *c = p;
-  ps_nn_conv2d_forward(out, c->x, c->w, c->b, CN, CC, COC, CH, CW, 3, c->col);
-}
-static void test_conv(void) {
-  int64_t nx = CN * CC * CH * CW, nw = COC * CC * 9, no = CN * COC * CH * CW;
-  conv_t c = {rnd(nx, -1, 1, 5), rnd(nw, -1, 1, 6), rnd(COC, -1, 1, 7), zeros(omp_get_max_threads() * ps_nn_conv_col_floats(CC, CH, CW, 3))};
-  float *out = zeros(no), *r = rnd(no, -1, 1, 8), *dx = zeros(nx), *dw = zeros(nw), *db = zeros(COC), *dws = zeros(omp_get_max_threads() * nw);
-  conv_f(&c, out);
-  ps_nn_conv2d_backward(dx, dw, db, r, c.x, c.w, CN, CC, COC, CH, CW, 3, c.col, dws);
-  lctx l = {conv_f, &c, out, r, no};
-  check("conv2d.x", c.x, dx, nx, &l);
-  check("conv2d.w", c.w, dw, nw, &l);
-  check("conv2d.b", c.b, db, COC, &l);
-  free(c.x), free(c.w), free(c.b), free(c.col), free(out), free(r), free(dx), free(dw), free(db), free(dws);
 }
 
 // ---- batchnorm ------------------------------------------------------------------------------------
@@ -156,13 +134,13 @@ typedef struct {
 } ln_t;
 static void ln_f(void *p, float *out) {
   ln_t *c = p;
-  ps_nn_layernorm_forward(out, c->mean, c->rstd, c->x, c->g, c->b, 4, 7, 1e-5f);
+  TU_OK_V(ps_nn_layernorm_forward(out, c->mean, c->rstd, c->x, c->g, c->b, 4, 7, 1e-5f));
 }
 static void test_ln(void) {
   ln_t c = {rnd(28, -2, 2, 15), rnd(7, 0.5f, 1.5f, 16), rnd(7, -1, 1, 17), zeros(4), zeros(4)};
   float *out = zeros(28), *r = rnd(28, -1, 1, 18), *dx = zeros(28), *dg = zeros(7), *db = zeros(7);
   ln_f(&c, out);
-  ps_nn_layernorm_backward(dx, dg, db, r, c.x, c.mean, c.rstd, c.g, 4, 7);
+  TU_OK_V(ps_nn_layernorm_backward(dx, dg, db, r, c.x, c.mean, c.rstd, c.g, 4, 7));
   lctx l = {ln_f, &c, out, r, 28};
   check("layernorm.x", c.x, dx, 28, &l);
   check("layernorm.gamma", c.g, dg, 7, &l);
@@ -214,15 +192,28 @@ static void cb_f(void *p, float *out) {
 static void test_convblock(bool training, int groups) {
   ps_nn_convblock_dims d = {3, 2, 4, 6, 6};
   int64_t nx = 3 * 2 * 36, nw = 4 * 2 * 9, nz = 3 * 4 * 36, no = 3 * 4 * 9;
-  cb_t c = {rnd(nx, -1, 1, 21), rnd(nw, -1, 1, 22), rnd(4, 0.5f, 1.5f, 23), rnd(4, -0.5f, 0.5f, 24), zeros(nz),
-            zeros(16), zeros(16), rnd(4, -0.2f, 0.2f, 25), rnd(4, 0.5f, 1.5f, 26), calloc((size_t)no, 1), d,
+  cb_t c = {rnd(nx, -1, 1, 21),
+            rnd(nw, -1, 1, 22),
+            rnd(4, 0.5f, 1.5f, 23),
+            rnd(4, -0.5f, 0.5f, 24),
+            zeros(nz),
+            zeros(16),
+            zeros(16),
+            rnd(4, -0.2f, 0.2f, 25),
+            rnd(4, 0.5f, 1.5f, 26),
+            calloc((size_t)no, 1),
+            d,
             {1e-5f, 0.0f, training, {NULL, NULL}, groups},
-            {zeros(omp_get_max_threads() * ps_nn_conv_col_floats(2, 6, 6, 3)), zeros(omp_get_max_threads() * nw),
-             calloc((size_t)omp_get_max_threads() * 9, sizeof(double))}};
+            {0}};
+  c.s.chunk = 2; // 3 tiles: a full chunk and a partial one
+  c.s.gz_floats = c.s.chunk * 4 * 36;
+  c.s.gz = zeros(c.s.gz_floats);
+  c.s.ws_floats = ps_nn_convblock_ws_floats(&d, c.s.chunk);
+  c.s.ws = zeros(c.s.ws_floats);
+  c.s.stats = calloc((size_t)omp_get_max_threads() * 9, sizeof(double));
   float *out = zeros(no), *r = rnd(no, -1, 1, 27), *dx = zeros(nx), *dw = zeros(nw), *dg = zeros(4), *db = zeros(4);
-  float *gz = zeros(omp_get_max_threads() * 4 * 36); // per-thread dz of one tile
   cb_f(&c, out);
-  TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, gz, r, c.am, c.z, c.mean, c.rstd, c.x, c.w, c.g, c.b, &d, &c.o,
+  TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, c.s.gz, r, c.am, c.z, c.mean, c.rstd, c.x, c.w, c.g, c.b, &d, &c.o,
                                    &c.s));
   lctx l = {cb_f, &c, out, r, no};
   const char *m = groups ? "groupnorm" : training ? "train" : "eval";
@@ -236,8 +227,7 @@ static void test_convblock(bool training, int groups) {
   snprintf(nm, sizeof nm, "convblock_%s.beta", m);
   check(nm, c.b, db, 4, &l);
   free(c.x), free(c.w), free(c.g), free(c.b), free(c.z), free(c.mean), free(c.rstd), free(c.rm), free(c.rv), free(c.am);
-  free(c.s.col), free(c.s.dw_scratch), free(c.s.stats), free(out), free(r), free(dx), free(dw), free(dg), free(db);
-  free(gz);
+  free(c.s.gz), free(c.s.ws), free(c.s.stats), free(out), free(r), free(dx), free(dw), free(dg), free(db);
 }
 
 // ---- gated attention -------------------------------------------------------------------------------
@@ -250,7 +240,7 @@ typedef struct {
 } ga_t;
 static void ga_f(void *p, float *out) {
   ga_t *c = p;
-  ps_nn_gattn_forward(out, &c->c, c->h, c->v, c->bv, c->u, c->bu, c->w, c->off, c->nb, GD, GA);
+  TU_OK_V(ps_nn_gattn_forward(out, &c->c, c->h, c->v, c->bv, c->u, c->bu, c->w, c->off, c->nb, GD, GA));
 }
 static void test_gattn(void) {
   static const int64_t off[4] = {0, 3, 3, 7}; // bags of 3, 0 (empty), 4
@@ -265,7 +255,7 @@ static void test_gattn(void) {
   for (int k = 3; k < 7; k++) s2 += c.c.alpha[k];
   TU_CHECK(fabs(s0 - 1) < 1e-6 && fabs(s2 - 1) < 1e-6, "bag attention sums %g %g", s0, s2);
   for (int j = 0; j < GD; j++) TU_CHECK(out[GD + j] == 0.0f, "empty bag output %g", out[GD + j]);
-  ps_nn_gattn_backward(dh, dv, dbv, du, dbu, dw, r, &c.c, c.h, c.v, c.u, c.w, off, 3, GD, GA, scr);
+  TU_OK_V(ps_nn_gattn_backward(dh, dv, dbv, du, dbu, dw, r, &c.c, c.h, c.v, c.u, c.w, off, 3, GD, GA, scr));
   lctx l = {ga_f, &c, out, r, 3 * GD};
   check("gated_attn.h", c.h, dh, nt * GD, &l);
   check("gated_attn.V", c.v, dv, GA * GD, &l);
@@ -294,7 +284,7 @@ static void mh_f(void *p, float *out) {
   mh_t *c = p;
   ps_nn_mhsa_params pp;
   mh_params(c, &pp);
-  ps_nn_mhsa_forward(out, &c->c, c->x, c->mask, &pp, &c->s);
+  TU_OK_V(ps_nn_mhsa_forward(out, &c->c, c->x, c->mask, &pp, &c->s));
 }
 static void test_mhsa(void) {
   static const uint8_t mask[MB * MT] = {1, 1, 1, 1, 0, 1, 0, 1, 0}; // item 1 misses token 1, item 2 has only token 1
@@ -332,7 +322,7 @@ static void test_mhsa(void) {
   memcpy(dy, r, sizeof(float) * N * MD);
   ps_nn_mhsa_params pp;
   mh_params(&c, &pp);
-  ps_nn_mhsa_backward(dx, &gg, dy, &c.c, c.x, mask, &pp, &c.s, scr);
+  TU_OK_V(ps_nn_mhsa_backward(dx, &gg, dy, &c.c, c.x, mask, &pp, &c.s, scr));
   for (int i = 0; i < N; i++)
     if (!mask[i])
       for (int j = 0; j < MD; j++) TU_CHECK(dx[i * MD + j] == 0.0f, "masked token gradient %g", dx[i * MD + j]);
@@ -354,13 +344,13 @@ static void test_dropout(void) {
   uint8_t *mask = calloc(N * D, 1), *mask2 = calloc(2 * D, 1);
   uint64_t streams[N];
   for (int i = 0; i < N; i++) streams[i] = ps_rng_stream(PS_RNG_DROPOUT, 5, (uint64_t)(100 + i), 1);
-  ps_nn_dropout_forward(y, mask, x, 0.3f, seed, streams, N, D);
+  TU_OK_V(ps_nn_dropout_forward(y, mask, x, 0.3f, seed, streams, N, D));
   // "Another rank" holding rows 3 and 1 in a different order gets the same masks.
   uint64_t s2[2] = {streams[3], streams[1]};
   float x2[2 * D];
   memcpy(x2, x + 3 * D, sizeof(float) * D);
   memcpy(x2 + D, x + 1 * D, sizeof(float) * D);
-  ps_nn_dropout_forward(y2, mask2, x2, 0.3f, seed, s2, 2, D);
+  TU_OK_V(ps_nn_dropout_forward(y2, mask2, x2, 0.3f, seed, s2, 2, D));
   TU_CHECK(!memcmp(mask2, mask + 3 * D, D) && !memcmp(mask2 + D, mask + D, D), "dropout mask depends on row position");
   TU_CHECK(!memcmp(y2, y + 3 * D, sizeof(float) * D), "dropout output depends on row position");
   int kept = 0;
@@ -369,11 +359,11 @@ static void test_dropout(void) {
     TU_CHECK(y[i] == (mask[i] ? x[i] * (1.0f / (1.0f - 0.3f)) : 0.0f), "dropout value at %d", i);
   }
   TU_CHECK(kept > 0.55 * N * D && kept < 0.85 * N * D, "kept %d of %d at p=0.3", kept, N * D);
-  ps_nn_dropout_backward(dx, y, mask, 0.3f, N, D);
+  TU_OK_V(ps_nn_dropout_backward(dx, y, mask, 0.3f, N, D));
   for (int i = 0; i < N * D; i++) TU_CHECK(dx[i] == (mask[i] ? y[i] * (1.0f / (1.0f - 0.3f)) : 0.0f), "dropout backward at %d", i);
   // A different step gives a different mask.
   uint64_t s3[1] = {ps_rng_stream(PS_RNG_DROPOUT, 6, 100, 1)};
-  ps_nn_dropout_forward(y2, mask2, x, 0.3f, seed, s3, 1, D);
+  TU_OK_V(ps_nn_dropout_forward(y2, mask2, x, 0.3f, seed, s3, 1, D));
   TU_CHECK(memcmp(mask2, mask, D), "dropout mask did not change with the step");
   free(x), free(y), free(y2), free(dx), free(mask), free(mask2);
 }
@@ -381,7 +371,6 @@ static void test_dropout(void) {
 int main(void) {
   seed = ps_tu_seed("nn_layers", 7);
   for (int a = 0; a < PS_NN_ACT_COUNT; a++) test_linear((ps_nn_act)a);
-  test_conv();
   test_bn(1, true);
   test_bn(5, true);
   test_bn(5, false);
