@@ -87,6 +87,9 @@ import torch  # noqa: E402  (after the environment is final)
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refmodel_shapes  # noqa: E402
+
 IMPORT_RSS_MIB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # libraries alone
 
 
@@ -265,25 +268,8 @@ def train_step(model, opt, b):
 
 
 def step_flops(a):
-    """Multiply-adds x 2 of one training step for the shapes above: forward, input gradient
-    (not for the first conv: its input is data) and weight gradient; convolutions and
-    linear layers only (BN, pooling, attention softmax and the optimizer are < 0.1%)."""
-    p, k, s = a.batch, a.tiles, a.tile_size
-    conv = []
-    cin, hw = 3, s
-    for c in (32, 64, a.dim):
-        conv.append(hw * hw * c * cin * 9)  # per tile, same padding
-        cin, hw = c, hw // 2
-    conv_fwd = p * k * 2 * sum(conv)
-    conv_train = 3 * conv_fwd - p * k * 2 * conv[0]
-    d = a.dim
-    lin = [a.genes * 512, 512 * d, d * 512, 512 * a.genes, a.clinical * 64, 64 * d]
-    lin_mil = k * (2 * d * 64 + 64)  # V, U, w per tile
-    lin_fus = 3 * (4 * d * d + 2 * d * 4 * d) + d  # q,k,v,o + FF per token, head
-    lin_fwd = p * 2 * (sum(lin) + lin_mil + lin_fus)
-    lin_train = 3 * lin_fwd - p * 2 * (a.genes * 512 + a.clinical * 64)
-    return {"conv_gflop": conv_train / 1e9, "linear_gflop": lin_train / 1e9,
-            "total_gflop": (conv_train + lin_train) / 1e9}
+    return refmodel_shapes.step_flops(batch=a.batch, genes=a.genes, tiles=a.tiles, tile_size=a.tile_size,
+                                      dim=a.dim, channels=(32, 64, a.dim), clinical=a.clinical)
 
 
 def main():
@@ -303,6 +289,12 @@ def main():
     model.train()
     opt, opt_kind = make_optimizer(model)
     b = synthetic_batch(args, gen)
+    n_par = sum(q.numel() for q in model.parameters())
+    want = refmodel_shapes.param_count(genes=args.genes, dim=args.dim, channels=(32, 64, args.dim),
+                                       clinical=args.clinical, tiles=args.tiles, tile_size=args.tile_size)
+    if n_par != want:  # the FLOP count below assumes exactly these shapes
+        print(f"torch_reference: {n_par} parameters, refmodel_shapes says {want}", file=sys.stderr)
+        return 1
 
     for _ in range(args.warmup):
         train_step(model, opt, b)
@@ -327,7 +319,7 @@ def main():
         "linear_gflop": fl["linear_gflop"],
         "peak_rss_mib": rss_mib,
         "import_rss_mib": IMPORT_RSS_MIB,
-        "params": sum(q.numel() for q in model.parameters()),
+        "params": n_par,
         "threads": args.threads,
         "batch": args.batch,
         "tiles": args.tiles,
