@@ -1,7 +1,7 @@
 // allreduce_probe: MPI_Allreduce (float sum) timings in the nccl-tests table layout,
 // used by scripts/scaling.sh to fit the alpha-beta model ONLY when `pansurv bench
 // comm` is not in the build. It measures Open MPI's own all-reduce, not pansurv's
-// comm layer; scaling.sh labels its fit accordingly.
+// comm layer; scaling.sh labels its fit accordingly. Exit status 1 if any sum is wrong.
 //   mpicc -O2 -o allreduce_probe allreduce_probe.c && mpirun -np 2 ./allreduce_probe [max_bytes]
 #include <mpi.h>
 #include <stdio.h>
@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
   int rank, ranks;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  long any_wrong = 0;
   long max_bytes = argc > 1 ? atol(argv[1]) : 64L << 20;
   if (max_bytes < 4) max_bytes = 4;
   float *send = malloc((size_t)max_bytes), *recv = malloc((size_t)max_bytes);
@@ -40,6 +41,7 @@ int main(int argc, char **argv) {
     long wrong = 0, all_wrong;
     for (int i = 0; i < count; i++) wrong += recv[i] != want;
     MPI_Reduce(&wrong, &all_wrong, 1, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+    any_wrong += rank == 0 ? all_wrong : 0;
     if (rank == 0) {
       double algbw = (double)bytes / tmax / 1e9, busbw = algbw * 2.0 * (ranks - 1) / ranks;
       printf("%12ld  %12d     float     sum      -1  %7.2f  %6.2f  %6.2f  %5ld\n", bytes, count, tmax * 1e6, algbw,
@@ -48,6 +50,7 @@ int main(int argc, char **argv) {
   }
   free(send);
   free(recv);
+  MPI_Bcast(&any_wrong, 1, MPI_LONG, 0, MPI_COMM_WORLD);
   MPI_Finalize();
-  return 0;
+  return any_wrong ? 1 : 0; // a wrong sum makes the timings meaningless
 }
