@@ -16,13 +16,15 @@
 #            does not set one (reported, not the target)
 #
 # usage: scripts/bench-peer.sh [--reps N] [--steps N] [--warmup N] [--settings "unset haswell"]
-#                              [--threads "1 2"] [--no-debian] [--quick] [--out DIR]
+#                              [--threads "1 2"] [--no-debian] [--quick] [--ablation] [--out DIR]
 #   --quick: 2 reps, batch 8 x 4 tiles (a smoke run; figures not comparable).
+#   --ablation: also time the pip PyTorch at 1 thread (setting 'unset') without
+#     channels_last and/or without the malloc settings, to show its settings are its best.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-reps=5 steps=2 warmup=1 settings="unset haswell" threads="1 2" debian=1 quick=0 out=""
+reps=5 steps=2 warmup=1 settings="unset haswell" threads="1 2" debian=1 quick=0 out="" ablation=0
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) reps=$2; shift 2 ;;
@@ -32,8 +34,9 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --no-debian) debian=0; shift ;;
     --quick) quick=1; reps=2; shift ;;
+    --ablation) ablation=1; shift ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "bench-peer.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,6 +64,10 @@ else
 fi
 for p in "${peers[@]}"; do
   "${p#*:}" -c 'import torch,sys; print("== PyTorch", sys.argv[1], torch.__version__, torch.__file__)' "${p%%:*}"
+  if command -v Rscript >/dev/null; then  # the peer's loss is R's Efron, value and gradient
+    "${p#*:}" tests/peer/torch_reference.py --check-efron | sed 's/^/   /' ||
+      { echo "bench-peer.sh: the PyTorch Efron loss disagrees with R; not benchmarking a wrong model" >&2; exit 1; }
+  fi
 done
 
 # ---- pansurv Release ------------------------------------------------------------------
@@ -160,5 +167,24 @@ for s in $settings; do
     unset med
   done
 done
+if [ "$ablation" = 1 ]; then
+  say ""
+  say "== PyTorch (pip) settings ablation, 1 thread, OpenBLAS setting 'unset', $reps reps alternating"
+  variants=("best:" "no-channels-last:--no-channels-last" "no-malloc-env:--no-malloc-env"
+            "neither:--no-channels-last --no-malloc-env")
+  for r in $(seq 1 "$reps"); do
+    for v in "${variants[@]}"; do
+      pre=$out/ablation-${v%%:*}-$r
+      # shellcheck disable=SC2086
+      run_timed "$pre" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" tests/peer/torch_reference.py \
+        --threads 1 "${peer_args[@]}" ${v#*:} || continue
+      json_field "$pre.out" patients_per_s >"$pre.ps"
+    done
+  done
+  for v in "${variants[@]}"; do
+    k=${v%%:*}
+    say "   $k: $(cat "$out"/ablation-"$k"-*.ps 2>/dev/null | median) patients/s, peak RSS $(( $(cat "$out"/ablation-"$k"-*.rss | median | cut -d. -f1) / 1024 )) MiB"
+  done
+fi
 say ""
 say "raw outputs: $out"
