@@ -8,7 +8,8 @@
 #     per-step compute / exposed communication / I/O come from the training log
 #     (RUN/metrics.csv columns compute_s, comm_s, io_s of `pansurv train`, warm-up steps
 #     dropped, medians) when --config names a training config; otherwise from
-#     `pansurv bench model` (patients/s, plus any `compute|comm|io <t> s|ms` lines).
+#     `pansurv bench model --batch G` (patients/s; exposed comm = its "# allreduce" line,
+#     compute = median step - that; no I/O: its batch is synthetic).
 #  2. alpha-beta fit of the all-reduce from `pansurv bench comm` at 2 and 4 ranks
 #     (Open MPI's MPI_Allreduce through tests/peer/allreduce_probe.c when that bench is
 #     not in the build, and the report says so).
@@ -88,12 +89,14 @@ for mode in weak strong; do
       comp=$(col compute_s) comm=$(col comm_s) io=$(col io_s)
       pps=$(awk -v g="$g" -v a="$comp" -v b="$comm" -v c="$io" 'BEGIN {printf "%.4f", g / (a + b + c)}')
     else
-      printf 'train:\n  global_batch: %d\n' "$g" >"$out/$name.yaml"
-      "${launch[@]}" "$pansurv" bench model --config "$out/$name.yaml" >"$out/$name.log" 2>&1 ||
-        { say "  $name: FAILED (see $out/$name.log)"; continue; }
+      "${launch[@]}" "$pansurv" bench model --batch "$g" --steps "$((steps > 5 ? steps : 5))" --warmup "$warmup" \
+        >"$out/$name.log" 2>&1 || { say "  $name: FAILED (see $out/$name.log)"; continue; }
       pps=$(sed -nE 's/^([0-9.eE+-]+) patients\/s$/\1/p' "$out/$name.log" | head -1)
-      get() { awk -v k="$1" 'tolower($0) ~ "^"k"[ :=]" {for (i=2;i<=NF;i++) if ($i+0==$i) {v=$i; u=$(i+1); print (u=="ms") ? v/1000 : v; exit}}' "$out/$name.log"; }
-      comp=$(get compute) comm=$(get "(exposed )?comm") io=$(get io)
+      # breakdown lines of `pansurv bench model`: "# step: median <s> s ...", "# allreduce <ms>"
+      step=$(sed -nE 's/^# step: median ([0-9.eE+-]+) s.*/\1/p' "$out/$name.log" | head -1)
+      comm=$(awk '$1 == "#" && $2 == "allreduce" {print $3 / 1000; exit}' "$out/$name.log")
+      comp=$([ -n "$step" ] && [ -n "$comm" ] && awk -v a="$step" -v b="$comm" 'BEGIN {print a - b}' || true)
+      io=0 # the bench's batch is synthetic and in memory: no I/O
     fi
     echo "$mode,$r,1,$g,${pps:-nan},${comp:--},${comm:--},${io:--}" >>"$csv"
   done

@@ -9,10 +9,10 @@ tokens and AdamW add < 0.1% and are not counted.
 
 
 def model_dims(genes=2000, tiles=16, tile_size=64, dim=128, channels=(32, 64, 128), clinical=12,
-               omics_hidden=512, attn_hidden=64, clinical_hidden=64, ff_mult=4, fusion_layers=1, n_mod=3):
+               omics_hidden=512, attn_hidden=64, clinical_hidden=64, ff_hidden=256, fusion_layers=1, n_mod=3):
     return dict(genes=genes, tiles=tiles, tile_size=tile_size, dim=dim, channels=tuple(channels), clinical=clinical,
                 omics_hidden=omics_hidden, attn_hidden=attn_hidden, clinical_hidden=clinical_hidden,
-                ff_mult=ff_mult, fusion_layers=fusion_layers, n_mod=n_mod)
+                ff_hidden=ff_hidden, fusion_layers=fusion_layers, n_mod=n_mod)
 
 
 def step_flops(batch=64, **kw):
@@ -26,8 +26,8 @@ def step_flops(batch=64, **kw):
     d, h, g, a = m["dim"], m["omics_hidden"], m["genes"], m["attn_hidden"]
     ae = g * h + h * d + d * h + h * g
     clin = m["clinical"] * m["clinical_hidden"] + m["clinical_hidden"] * d
-    mil = m["tiles"] * (2 * d * a + a)
-    fus = m["fusion_layers"] * m["n_mod"] * (4 * d * d + 2 * d * m["ff_mult"] * d) + d
+    mil = m["tiles"] * (2 * d * a + a)  # V, U (d -> a), w (a -> 1)
+    fus = m["fusion_layers"] * m["n_mod"] * (4 * d * d + 2 * d * m["ff_hidden"]) + d
     lin_train = batch * 2 * (3 * (ae + clin + mil + fus) - g * h - m["clinical"] * m["clinical_hidden"])
     return {"conv_gflop": conv_train / 1e9, "linear_gflop": lin_train / 1e9,
             "total_gflop": (conv_train + lin_train) / 1e9}
@@ -42,9 +42,9 @@ def param_count(**kw):
     for ch in m["channels"]:
         n += cin * ch * 9 + 2 * ch  # conv (no bias: BN follows) + BN scale/shift
         cin = ch
-    n += 2 * (d * a + a) + (a + 1)  # gated attention V, U, w
+    n += 2 * (d * a + a) + a  # gated attention V, U (with bias), w (no bias)
     n += (c * m["clinical_hidden"] + m["clinical_hidden"]) + (m["clinical_hidden"] * d + d)
-    ff = m["ff_mult"] * d
+    ff = m["ff_hidden"]
     n += m["n_mod"] * d  # modality embedding
     n += m["fusion_layers"] * ((3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d)
     n += d + 1  # head

@@ -187,11 +187,12 @@ def cmd_project(a):
         gf = refmodel_shapes.step_flops(batch=PER_GPU_BATCH, **kw)["total_gflop"]
         lines.append(f"| {name} | {gf:.0f} | {r1['grad_bytes'] / 1e6:.1f} | {1e3 * r1['compute_s']:.2f} | "
                      f"{nics}x400G NIC/node | {'ideal' if ov else 'none'} | {effs} |")
-    detail = ["", "| GPUs | small all-reduce latency (us) | 10 MB all-reduce, 8 NICs/node (us) | "
-              "10 MB all-reduce, 1 NIC/node (us) |", "|---|---|---|---|"]
+    g = 4.0 * refmodel_shapes.param_count()
+    detail = ["", f"| GPUs | small all-reduce latency (us) | {g / 1e6:.1f} MB all-reduce, 8 NICs/node (us) | "
+              f"{g / 1e6:.1f} MB all-reduce, 1 NIC/node (us) |", "|---|---|---|---|"]
     for p in gpus[1:]:
-        detail.append(f"| {p} | {1e6 * small_latency(p):.0f} | {1e6 * allreduce_time(10e6, p, 8):.0f} | "
-                      f"{1e6 * allreduce_time(10e6, p, 1):.0f} |")
+        detail.append(f"| {p} | {1e6 * small_latency(p):.0f} | {1e6 * allreduce_time(g, p, 8):.0f} | "
+                      f"{1e6 * allreduce_time(g, p, 1):.0f} |")
     head = [f"pancancer-sized model: {big_src} ({json.dumps(big)})",
             f"per-GPU batch {PER_GPU_BATCH} patients (weak scaling), GPU rate {GPU_SUSTAINED_FLOPS / 1e12:.0f} "
             f"TFLOP/s sustained (assumed), {LATENCY_BOUND_SYNCS} latency-bound syncs/step, bucket "

@@ -4,14 +4,14 @@ step (forward, Efron Cox over the global batch + 0.1 * reconstruction MSE, backw
 AdamW) on a synthetic batch, timed like `pansurv bench model`.
 
 Reference model (defaults; every size is an option):
-  omics AE      G=2000 -> 512 -> D=128 (ReLU, dropout) ; decoder 128 -> 512 -> 2000
+  omics AE      G=2000 -> 512 (ReLU, dropout 0.1) -> D=128 ; decoder 128 -> 512 (ReLU) -> 2000
   tile CNN      3 x [conv3x3 (32, 64, 128 ch, pad 1) + BatchNorm + ReLU + 2x2 max-pool],
                 global average pool -> D per tile; 16 tiles of 64x64 RGB per patient
-  MIL           gated attention (Ilse et al. 2018), hidden 64, softmax over valid tiles
+  MIL           gated attention (Ilse et al. 2018), hidden 64 (w without bias), softmax over valid tiles
   clinical MLP  12 -> 64 -> D
   fusion        modality token + learned modality embedding; 1 post-norm transformer layer
-                (4-head self-attention + key-padding mask, feed-forward D -> 4D -> D,
-                residual + LayerNorm), mean over present tokens, Linear D -> 1 = eta
+                (4-head self-attention + key-padding mask, feed-forward D -> 256 -> D,
+                residual + LayerNorm, no dropout), mean over present tokens, Linear D -> 1 = eta
   loss          Efron Cox partial likelihood over the global batch (mean over events)
                 + 0.1 * MSE(reconstruction) over patients with omics
   optimizer     AdamW (lr 1e-4, weight decay 1e-2; no decay on biases, norm scales,
@@ -162,7 +162,7 @@ class OmicsAE(nn.Module):
     def __init__(self, genes, hidden, dim, p):
         super().__init__()
         self.enc = nn.Sequential(nn.Linear(genes, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, dim))
-        self.dec = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(hidden, genes))
+        self.dec = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, genes))  # no dropout
 
     def forward(self, x):
         z = self.enc(x)
@@ -190,7 +190,7 @@ class GatedAttention(nn.Module):
         super().__init__()
         self.V = nn.Linear(dim, hidden)
         self.U = nn.Linear(dim, hidden)
-        self.w = nn.Linear(hidden, 1)
+        self.w = nn.Linear(hidden, 1, bias=False)  # a bias would cancel in the softmax
 
     def forward(self, h, valid):  # h [P, K, D], valid [P, K] bool
         s = self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h))).squeeze(-1)
@@ -204,7 +204,8 @@ class Fusion(nn.Module):
     def __init__(self, dim, heads, ff, p, n_mod=3):
         super().__init__()
         self.mod_emb = nn.Parameter(torch.randn(n_mod, dim) * 0.02)
-        self.layer = nn.TransformerEncoderLayer(dim, heads, ff, p, batch_first=True)  # post-norm, ReLU FF
+        # post-norm, ReLU feed-forward; no dropout in the fusion (pansurv has dropout in the AE only)
+        self.layer = nn.TransformerEncoderLayer(dim, heads, ff, p, batch_first=True)
         self.head = nn.Linear(dim, 1)
 
     def forward(self, tokens, present):  # tokens [P, M, D], present [P, M] bool
@@ -221,7 +222,7 @@ class ReferenceModel(nn.Module):
         self.cnn = TileCNN((32, 64, d))
         self.mil = GatedAttention(d, 64)
         self.clin = nn.Sequential(nn.Linear(a.clinical, 64), nn.ReLU(), nn.Linear(64, d))
-        self.fusion = Fusion(d, 4, 4 * d, 0.1)
+        self.fusion = Fusion(d, 4, 256, 0.0)
 
     def forward(self, b):
         p, k = b["valid"].shape
