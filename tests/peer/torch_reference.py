@@ -62,6 +62,8 @@ def parse_args(argv):
     p.add_argument("--no-malloc-env", action="store_true",
                    help="do not re-execute with the glibc malloc settings")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--profile", metavar="FILE",
+                   help="after the timed steps, profile one more step (torch.profiler) into FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--check-efron", action="store_true",
                    help="compare the Efron loss with R survival::coxph (needs Rscript) and exit")
@@ -310,6 +312,12 @@ def main():
         t0 = time.perf_counter()
         loss = train_step(model, opt, b)
         times.append(time.perf_counter() - t0)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            train_step(model, opt, b)
+        with open(args.profile, "w") as f:
+            f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25) + "\n")
     if not torch.isfinite(loss):
         print("torch_reference: loss is not finite", file=sys.stderr)
         return 1
