@@ -17,6 +17,7 @@
 #
 # usage: scripts/bench-peer.sh [--reps N] [--steps N] [--warmup N] [--settings "unset haswell"]
 #                              [--threads "1 2"] [--no-debian] [--quick] [--ablation] [--out DIR]
+#   PANSURV_BIN=PATH: time that pansurv binary instead of building this tree.
 #   --quick: 2 reps, batch 8 x 4 tiles (a smoke run; figures not comparable).
 #   --ablation: also time the pip PyTorch at 1 thread (setting 'unset') without
 #     channels_last and/or without the malloc settings, to show its settings are its best.
@@ -70,13 +71,18 @@ for p in "${peers[@]}"; do
   fi
 done
 
-# ---- pansurv Release ------------------------------------------------------------------
-echo "== building pansurv (Release, build/release)"
-cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1 ||
-  { cat "$out/cmake.log"; exit 1; }
-cmake --build build/release -j2 --target pansurv >>"$out/cmake.log" 2>&1 ||
-  { tail -40 "$out/cmake.log"; exit 1; }
-pansurv=$root/build/release/launch/pansurv
+# ---- pansurv Release (or PANSURV_BIN: a binary built elsewhere, e.g. from another branch) ----
+if [ -n "${PANSURV_BIN:-}" ]; then
+  pansurv=$PANSURV_BIN
+  echo "== pansurv: using PANSURV_BIN=$pansurv"
+else
+  echo "== building pansurv (Release, build/release)"
+  cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release >"$out/cmake.log" 2>&1 ||
+    { cat "$out/cmake.log"; exit 1; }
+  cmake --build build/release -j2 --target pansurv >>"$out/cmake.log" 2>&1 ||
+    { tail -40 "$out/cmake.log"; exit 1; }
+  pansurv=$root/build/release/launch/pansurv
+fi
 have_model=0
 if "$pansurv" bench --help 2>/dev/null | grep -qE '^ +model '; then
   have_model=1
@@ -107,6 +113,7 @@ summary=$out/summary.txt
 : >"$summary"
 say() { echo "$*" | tee -a "$summary"; }
 say "pansurv vs PyTorch, reference model, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+say "pansurv: $pansurv ($("$pansurv" --version 2>/dev/null || echo "version unknown"))"
 say "reps=$reps (fresh process each, alternating), per process: warmup=$warmup steps=$steps; medians over reps"
 say "PyTorch settings: channels_last, torch.set_num_threads(T), OMP_NUM_THREADS=T, 1 inter-op thread,"
 say "  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 MALLOC_TOP_PAD_=1073741824, fused AdamW"
