@@ -49,7 +49,8 @@ out=${out:-$root/runs/bench-peer-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 peer_args=(--steps "$steps" --warmup "$warmup" --json)
-[ "$quick" = 1 ] && peer_args+=(--batch 8 --tiles 4)
+ps_args=()
+[ "$quick" = 1 ] && peer_args+=(--batch 8 --tiles 4) && ps_args=(--batch 8 --steps 5 --warmup 1)
 
 # ---- PyTorch: pip wheel in a venv (installed if missing), Debian's if present --------
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
@@ -135,10 +136,10 @@ for s in $settings; do
         for c in $ps_cfgs; do
           nr=${c%x*} nt=${c#*x} pre=$out/pansurv-$s-$t-$c-$r
           if [ "$nr" = 1 ]; then
-            run_timed "$pre" env $senv OMP_NUM_THREADS="$nt" OPENBLAS_NUM_THREADS="$nt" "$pansurv" bench model || continue
+            run_timed "$pre" env $senv OMP_NUM_THREADS="$nt" OPENBLAS_NUM_THREADS="$nt" "$pansurv" bench model "${ps_args[@]}" || continue
           else
             run_timed "$pre" env $senv mpirun --oversubscribe -np "$nr" -x OMP_NUM_THREADS="$nt" \
-              -x OPENBLAS_NUM_THREADS="$nt" "$pansurv" bench model || continue
+              -x OPENBLAS_NUM_THREADS="$nt" "$pansurv" bench model "${ps_args[@]}" || continue
           fi
           sed -nE 's/^([0-9.eE+-]+) patients\/s$/\1/p' "$pre.out" | head -1 >"$pre.ps"
         done
@@ -152,6 +153,7 @@ for s in $settings; do
     # medians
     say "-- $t thread(s): sgemm ceiling ${ceil%.*} GFLOP/s (OpenBLAS core $core, ${t} thread(s))"
     declare -A med=()
+    best=0 bestk=none
     for p in "${peers[@]}"; do
       k=${p%%:*}
       med[$k]=$(cat "$out"/torch-"$k"-"$s"-"$t"-*.ps 2>/dev/null | median)
@@ -161,12 +163,15 @@ for s in $settings; do
         'BEGIN {printf "%.0f", 100 * ps / b * gf / c}')
       lib=$(json_field "$(ls "$out"/torch-"$k"-"$s"-"$t"-*.out | head -1)" import_rss_mib)
       say "   PyTorch ($k) ${t} thread(s): ${med[$k]} patients/s  peak RSS $((${rss%.*} / 1024)) MiB (${lib%.*} MiB after import)  = ${pct}% of the sgemm ceiling"
+      if awk -v a="${med[$k]}" -v b="$best" 'BEGIN {exit !(a > b)}'; then best=${med[$k]} bestk=$k; fi
     done
     if [ "$have_model" = 1 ]; then
       for c in $ps_cfgs; do
         v=$(cat "$out"/pansurv-"$s"-"$t"-"$c"-*.ps 2>/dev/null | median)
         rss=$(cat "$out"/pansurv-"$s"-"$t"-"$c"-*.rss 2>/dev/null | median)
-        say "   pansurv ${c/x/ rank(s) x } thread(s): $v patients/s  peak RSS/rank $((${rss%.*} / 1024)) MiB  ratio vs PyTorch (pip): $(awk -v a="$v" -v b="${med[pip]}" 'BEGIN {printf "%.2fx", a / b}')"
+        gf=$("$venv/bin/python" tests/peer/refmodel_shapes.py --gflop)
+        pct=$(awk -v ps="$v" -v gf="$gf" -v c="$ceil" -v q="$quick" 'BEGIN {if (q) print "n/a"; else printf "%.0f%%", 100 * ps / 64 * gf / c}')
+        say "   pansurv ${c/x/ rank(s) x } thread(s): $v patients/s  peak RSS/rank $((${rss%.*} / 1024)) MiB  = ${pct} of the sgemm ceiling  ratio vs best PyTorch ($bestk): $(awk -v a="$v" -v b="$best" 'BEGIN {printf "%.2fx", a / b}')"
       done
     else
       say "   pansurv: not measured (pansurv bench model not available)"

@@ -52,6 +52,10 @@ def param_count(**kw):
 
 
 if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--gflop"]:  # GFLOP of one reference step, for scripts
+        print(f"{step_flops()['total_gflop']:.4f}")
+        sys.exit(0)
     for name, kw in (("reference (64x64 tiles)", {}), ("224x224 tiles", {"tile_size": 224})):
         f = step_flops(**kw)
         print(f"{name}: {param_count(**kw)} parameters, {f['total_gflop']:.1f} GFLOP per step of 64 patients "
