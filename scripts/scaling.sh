@@ -47,7 +47,7 @@ summary=$out/summary.md
 say() { echo "$*" | tee -a "$summary"; }
 median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "nan"; exit} m=int((NR+1)/2); print (NR%2) ? v[m] : (v[m]+v[m+1])/2}'; }
 
-echo "== building pansurv (Release, build/release) and the all-reduce probe"
+echo "== pansurv: ${PANSURV_BIN:-building Release in build/release}; all-reduce probe"
 if [ -n "${PANSURV_BIN:-}" ]; then  # a binary built elsewhere, e.g. from another branch
   pansurv=$PANSURV_BIN
 else
@@ -112,7 +112,8 @@ if has_bench comm; then label="pansurv bench comm"; else label="MPI_Allreduce pr
 for r in 2 4; do
   f=$out/comm-np$r.txt
   if has_bench comm; then
-    mpirun --oversubscribe -np "$r" -x OMP_NUM_THREADS=1 "$pansurv" bench comm >"$f" 2>&1 || { say "bench comm at $r ranks FAILED (see $f)"; continue; }
+    mpirun --oversubscribe -np "$r" -x OMP_NUM_THREADS=1 "$pansurv" bench comm --op allreduce --min 4K --max 32M \
+      >"$f" 2>&1 || { say "bench comm at $r ranks FAILED (see $f)"; continue; }
   else
     mpirun --oversubscribe -np "$r" build/peer/allreduce_probe $((32 << 20)) >"$f" 2>&1 || { say "probe at $r ranks FAILED"; continue; }
   fi
@@ -128,6 +129,15 @@ for x in json.load(open(sys.argv[1]))["fits"]:
     print(f"- {x['ranks']} ranks: t(n) = {1e6 * x['lat_s']:.1f} us + n * 2(p-1)/p / {x['busbw_Bps'] / 1e9:.2f} GB/s "
           f"(fit over {x['points']} sizes <= {x['max_bytes'] >> 20} MiB, max relative error {100 * x['max_rel_err']:.0f}%)")
 EOF
+fi
+
+if has_bench comm; then  # pansurv's bucketed gradient sync with the reference model's gradient size
+  mpirun --oversubscribe -np 2 -x OMP_NUM_THREADS=1 "$pansurv" bench comm --buckets \
+    --params "$("$py" -c 'import sys; sys.path.insert(0, "tests/peer"); import refmodel_shapes as r; print(r.param_count())')" \
+    --bucket-bytes 4M >"$out/comm-buckets-np2.txt" 2>&1 &&
+    { say ""; say "Bucketed gradient sync, reference-model gradient, 2 ranks (pansurv bench comm --buckets):";
+      say '```'; grep -v '^$' "$out/comm-buckets-np2.txt" | tee -a "$summary"; say '```'; } ||
+    say "pansurv bench comm --buckets FAILED (see $out/comm-buckets-np2.txt)"
 fi
 
 # ---- 3. local tables and projection ----------------------------------------------------------

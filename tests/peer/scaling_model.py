@@ -54,8 +54,9 @@ def parse_table(path):
                 in_ar = bool(re.match(r"all[_ -]?reduce", m.group(1), re.I))
             if s.startswith("#"):
                 toks = s.lstrip("#").split()
-                if "size" in toks and "time" in toks:
-                    time_col = toks.index("time")
+                times = [i for i, t in enumerate(toks) if t == "time" or t.startswith("time(")]
+                if "size" in toks and times:
+                    time_col = times[0]  # the first time column: out-of-place
                 continue
             toks = s.split()
             if not in_ar or not toks[0].isdigit():

@@ -51,6 +51,22 @@ with tempfile.TemporaryDirectory() as d:
                 fh.write(f"{n:12d} {n // 4:10d}  float  sum  -1  {t * 1e6:10.3f}  0.0  0.0  0\n")
                 n *= 4
         paths[p] = path
+    # the layout of `pansurv bench comm` (ours | in-place | raw columns separated by '|')
+    path = os.path.join(d, "bench_comm.txt")
+    with open(path, "w") as fh:
+        fh.write("# pansurv bench comm: allreduce, backend mpi, 2 ranks on 1 nodes, 20 iters\n")
+        fh.write("# raw = MPI_Allreduce on the same buffers, alternating with ours\n")
+        fh.write("#  size  count  type  redop | time(us) algbw busbw #wrong | time(us) algbw busbw #wrong | "
+                 "time(us) busbw | time(us) busbw | oop ip\n")
+        n = 4096
+        while n <= 64 << 20:
+            t = (lat + n / busbw) * 1e6  # p = 2: 2(p-1)/p = 1
+            fh.write(f" {n} {n // 4} float sum | {t:.3f} 0 0 0 | {2 * t:.3f} 0 0 0 | {3 * t:.3f} 0 | {4 * t:.3f} 0 "
+                     "| 100% 100%\n")
+            n *= 2
+    fit = scaling_model.fit_rows(scaling_model.parse_table(path), 2, 32 << 20)
+    check(abs(fit["lat_s"] / lat - 1) < 5e-3 and abs(fit["busbw_Bps"] / busbw - 1) < 5e-3,
+          "pansurv bench comm layout: the out-of-place time column is fitted")
     for p in (2, 4):
         fit = scaling_model.fit_rows(scaling_model.parse_table(paths[p]), p, 32 << 20)
         check(abs(fit["lat_s"] / lat - 1) < 5e-3 and abs(fit["busbw_Bps"] / busbw - 1) < 5e-3,
