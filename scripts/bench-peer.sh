@@ -198,5 +198,6 @@ if [ "$ablation" = 1 ]; then
     say "   $k: $(cat "$out"/ablation-"$k"-*.ps 2>/dev/null | median) patients/s, peak RSS $(( $(cat "$out"/ablation-"$k"-*.rss | median | cut -d. -f1) / 1024 )) MiB"
   done
 fi
+python3 tests/peer/peer_report.py "$out" >"$out/summary.md" && { echo; cat "$out/summary.md"; }
 say ""
-say "raw outputs: $out"
+say "raw outputs: $out (tables: $out/summary.md)"
