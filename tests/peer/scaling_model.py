@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import refmodel_shapes  # noqa: E402
 
 # ---- published interconnect figures (sources in docs/performance.md) ----------------
-NVLINK_RING_BUSBW = 370e9  # B/s, 8x H100 SXM ring all-reduce busbw (NVIDIA/nccl issue 1374: "~370 GB/s")
+NVLINK_RING_BUSBW = 370e9  # B/s, 8x H100 SXM ring all-reduce busbw; conservative (476-480 GB/s with NVLS)
 NDR_NIC_BUSBW = 46e9  # B/s per 400 Gb/s NDR NIC (NVIDIA/nccl-tests issue 290: "46-48 GB/s per NIC")
 INTER_NODE_SMALL_LAT = 46e-6  # s, small-message all-reduce, 2 nodes x 8 GPUs (NVIDIA/nccl issue 1244 table)
 GPUS_PER_NODE = 8
