@@ -5,13 +5,25 @@
 
 #include "ps_commands.h"
 
+int ps_bench_model(int argc, char **argv);
+
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
   const char *summary;
 } bench_entry;
 
+int ps_bench_comm(int argc, char **argv);     // launch/bench_comm.c
+int ps_bench_gemm(int argc, char **argv);     // launch/bench_gemm.c
+int ps_bench_survival(int argc, char **argv); // launch/bench_survival.c
+int ps_bench_io(int argc, char **argv);       // launch/bench_io.c
+
 static const bench_entry benches[] = {
+    {"gemm", ps_bench_gemm, "GFLOP/s of ps_gemm/linear/conv2d vs raw cblas_sgemm"},
+    {"model", ps_bench_model, "one training step of the reference model: patients/s, per-module GFLOP/s"},
+    {"survival", ps_bench_survival, "Harrell C and Cox loss+grad for n = 1e4..1e6 (optional Python peers)"},
+    {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
+    {"io", ps_bench_io, "cohort-file read throughput vs sequential read, loader stall per step"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 

@@ -5,8 +5,16 @@
 #include "ps_commands.h"
 #include "ps_status.h"
 
+int ps_cmd_coxph(int argc, char **argv);   // cmd_coxph.c (survival)
+int ps_cmd_metrics(int argc, char **argv); // cmd_metrics.c (survival)
+
 static const ps_command commands[] = {
-    {"bench", ps_cmd_bench, "benchmarks: gemm (more come with their modules)"},
+    {"bench", ps_cmd_bench, "benchmarks: gemm, comm, survival, io, model"},
+    {"coxph", ps_cmd_coxph, "classical Cox fit on a CSV (as R survival::coxph)"},
+    {"metrics", ps_cmd_metrics, "C-indices, td-AUC, Brier/IBS, Kaplan-Meier, log-rank on a CSV"},
+    {"sim", ps_cmd_sim, "simulate a multimodal cohort with known ground truth"},
+    {"check", ps_cmd_check, "validate a cohort file and summarize it"},
+    {"prep", ps_cmd_prep, "build a cohort file from clinical, RNA-seq and slide files"},
 };
 
 static void usage(FILE *f) {

@@ -9,6 +9,9 @@ typedef struct {
 } ps_command;
 
 int ps_cmd_bench(int argc, char **argv);
+int ps_cmd_sim(int argc, char **argv);
+int ps_cmd_check(int argc, char **argv);
+int ps_cmd_prep(int argc, char **argv);
 
 // Prints "pansurv <cmd>: <message>" to stderr and returns the exit code for s.
 int ps_report_error(const char *cmd, int status);

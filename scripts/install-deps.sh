@@ -4,9 +4,9 @@
 set -euo pipefail
 want=(build-essential cmake pkg-config git ca-certificates
       libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-      libyaml-dev libopenblas-dev libopenslide-dev gnuplot-nox)
+      libyaml-dev libopenblas-dev libopenslide-dev zlib1g-dev gnuplot-nox)
 case "${1:-build}" in
-  test) want+=(libvips-tools slurm-wlm munge python3 clang libclang-rt-14-dev) ;;
+  test) want+=(libvips-tools slurm-wlm munge python3 clang libclang-rt-14-dev procps) ;;
   demo|build) ;;
   *) echo "usage: $0 [build|test|demo]" >&2; exit 2 ;;
 esac

@@ -12,13 +12,17 @@
 
 #include "ps_tensor.h"
 
-// Threads used by CPU kernels (OpenMP) and OpenBLAS; 0 = leave as is.
+// Threads used by CPU kernels (OpenMP); 0 = leave as is. OpenBLAS is held at
+// one thread (the ops split GEMMs across the OpenMP threads themselves) so one
+// thread pool owns the cores; see docs/threads.md.
 void ps_ops_set_threads(int nthreads);
 int ps_ops_get_threads(void);
 
 // ---- GEMM ----------------------------------------------------------------
 // out (M, N) = alpha * op(a) · op(b) + beta * out (+ bias (N) broadcast over rows, when non-NULL)
-// op(a) is (M, K): a is (M, K) or, with trans_a, (K, M); likewise b.
+// op(a) is (M, K): a is (M, K) or, with trans_a, (K, M); likewise b. Each
+// tensor is read as a matrix (product of its leading dims, its last dim), so a
+// (B, T, K) input is a (B*T, K) matrix; likewise in/out of ps_linear_*.
 ps_status ps_gemm(ps_tensor *out, const ps_tensor *a, bool trans_a, const ps_tensor *b, bool trans_b,
                   const ps_tensor *bias, float alpha, float beta);
 
@@ -51,14 +55,17 @@ ps_status ps_act_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor
 // gradient); a row with no valid entry is all zeros.
 ps_status ps_softmax_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask);
 ps_status ps_softmax_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *out);
-// out (R) = log sum_j exp(in[r, j]) over valid entries (stable, running max)
+// out (R) = log sum_j exp(in[r, j]) over valid entries (stable, running max);
+// -inf for a row with no valid entry, whose backward then adds nothing.
 ps_status ps_logsumexp_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *mask);
 ps_status ps_logsumexp_backward(ps_tensor *din, const ps_tensor *dout, const ps_tensor *in, const ps_tensor *out,
                                 const ps_tensor *mask);
 
 // ---- reductions over one axis of a (A, B, C) view: axis 0..2 ------------------
-// in viewed as (outer, axis_len, inner); out has the axis removed.
+// in viewed as (outer, axis_len, inner); out has the axis removed (any in
+// of 1..4 dims with 0 <= axis < ndim; out is checked by element count).
 typedef enum { PS_REDUCE_SUM = 0, PS_REDUCE_MEAN, PS_REDUCE_COUNT } ps_reduce;
+const char *ps_reduce_name(ps_reduce r);
 ps_status ps_reduce_forward(ps_tensor *out, const ps_tensor *in, int axis, ps_reduce op);
 ps_status ps_reduce_backward(ps_tensor *din, const ps_tensor *dout, int axis, ps_reduce op);
 
@@ -70,6 +77,8 @@ typedef struct {
 // out (N, OC, OH, OW) = conv(in (N, C, H, W), w (OC, C, KH, KW)) + b (OC) or NULL
 // OH = (H + 2 pad_h - KH) / stride_h + 1. workspace: f32 scratch of at least
 // ps_conv2d_workspace_floats(...) elements (planned once, reused every step).
+// That size is one slice per thread (ps_ops_get_threads() at planning time, at
+// most N); any workspace of at least one slice works, with fewer images in flight.
 int64_t ps_conv2d_workspace_floats(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p);
 ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor *w, const ps_tensor *b,
                             const ps_conv2d_params *p, ps_tensor *workspace);
@@ -124,6 +133,8 @@ ps_status ps_layernorm_backward(ps_tensor *din, ps_tensor *dgamma, ps_tensor *db
                                 const ps_tensor *gamma);
 
 // ---- dropout (inverted) over rows of (N, D) ----------------------------------------
+// Rows are the leading dims flattened (the last dim is D); 0 <= p < 1; element
+// j of row r is kept iff ps_rng_uniform(ps_rng_make(seed, row_streams[r]), j) >= p.
 // Row r's mask comes from the counter-based RNG stream row_streams[r] (e.g.
 // keyed by step, patient id, layer), element index j, so a row's mask does not
 // depend on which rank or thread computes it. mask (N, D) u8 is saved for backward.

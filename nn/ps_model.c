@@ -1,0 +1,852 @@
+#include "ps_model.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps_comm.h"
+#include "ps_rng.h"
+
+static const char *const modality_names[] = {"omics", "slide", "clinical"};
+_Static_assert(sizeof(modality_names) / sizeof(modality_names[0]) == PS_NN_MODALITY_COUNT, "modality name table");
+const char *ps_nn_modality_name(ps_nn_modality m) { return (unsigned)m < PS_NN_MODALITY_COUNT ? modality_names[m] : "?"; }
+
+static const char *const slide_mode_names[] = {"tiles", "features"};
+_Static_assert(sizeof(slide_mode_names) / sizeof(slide_mode_names[0]) == PS_SLIDE_MODE_COUNT, "slide mode table");
+const char *ps_slide_mode_name(ps_slide_mode m) { return (unsigned)m < PS_SLIDE_MODE_COUNT ? slide_mode_names[m] : "?"; }
+
+static const char *const timer_names[] = {"omics_ae", "conv1", "conv2", "conv3", "tile_attn", "clinical", "fusion"};
+_Static_assert(sizeof(timer_names) / sizeof(timer_names[0]) == PS_MT_COUNT, "timer name table");
+const char *ps_model_timer_name(ps_model_timer t) { return (unsigned)t < PS_MT_COUNT ? timer_names[t] : "?"; }
+
+enum { DROPOUT_LAYER_AE = 1 }; // layer ids keying dropout streams
+
+void ps_model_config_default(ps_model_config *c) {
+  memset(c, 0, sizeof(*c));
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) c->use[i] = true;
+  c->d = 128;
+  c->genes = 2000;
+  c->ae_hidden = 512;
+  c->ae_dropout = 0.1f;
+  c->ae_input_noise = 0.0f;
+  c->slide_mode = PS_SLIDE_TILES;
+  c->tile_size = 64;
+  c->max_tiles = 16;
+  c->cnn_ch[0] = 32, c->cnn_ch[1] = 64, c->cnn_ch[2] = 128;
+  c->feat_dim = 1024;
+  c->attn_hidden = 64;
+  c->clinical = 12;
+  c->clinical_hidden = 64;
+  c->fusion_layers = 1;
+  c->heads = 4;
+  c->ff_hidden = 256;
+  c->bn_momentum = 0.1f;
+  c->bn_eps = 1e-5f;
+  c->seed = 1234;
+}
+
+int ps_model_config_text(const ps_model_config *c, char *buf, size_t len) {
+  return snprintf(buf, len,
+                  "use_omics: %d\nuse_slide: %d\nuse_clinical: %d\nd: %lld\ngenes: %lld\nae_hidden: %lld\n"
+                  "ae_dropout: %g\nae_input_noise: %g\nslide_mode: %s\ntile_size: %lld\nmax_tiles: %lld\n"
+                  "cnn_channels: [%lld, %lld, %lld]\ncnn_norm_groups: %d\nfeat_dim: %lld\nattn_hidden: %lld\nclinical: %lld\n"
+                  "clinical_hidden: %lld\nfusion_layers: %d\nheads: %d\nff_hidden: %lld\nbn_momentum: %g\n"
+                  "bn_eps: %g\nseed: %llu\n",
+                  c->use[PS_NN_OMICS], c->use[PS_NN_SLIDE], c->use[PS_NN_CLINICAL], (long long)c->d, (long long)c->genes, (long long)c->ae_hidden,
+                  c->ae_dropout, c->ae_input_noise, ps_slide_mode_name(c->slide_mode), (long long)c->tile_size,
+                  (long long)c->max_tiles, (long long)c->cnn_ch[0], (long long)c->cnn_ch[1], (long long)c->cnn_ch[2],
+                  c->cnn_norm_groups, (long long)c->feat_dim, (long long)c->attn_hidden, (long long)c->clinical,
+                  (long long)c->clinical_hidden, c->fusion_layers, c->heads, (long long)c->ff_hidden, c->bn_momentum,
+                  c->bn_eps, (unsigned long long)c->seed);
+}
+
+#define MAX_LAYERS 8
+
+typedef struct {
+  int wqkv, bqkv, wo, bo, ln1g, ln1b, w1, b1, w2, b2, ln2g, ln2b;
+} mhsa_idx;
+
+struct ps_model {
+  ps_model_config cfg;
+  ps_param_table params, buffers;
+  ps_nn_reducer reducer;
+  int M;                  // tokens
+  int tok[PS_NN_MODALITY_COUNT];  // token index of a modality, -1 disabled
+  int nth;                // OpenMP threads planned for
+  // parameter indices (forward order)
+  int enc1w, enc1b, enc2w, enc2b, dec1w, dec1b, dec2w, dec2b;
+  int convw[3], bng[3], bnb[3], bnrm[3], bnrv[3];
+  int projw, projb;
+  int gv, gbv, gu, gbu, gw;
+  int c1w, c1b, c2w, c2b;
+  int emb;
+  mhsa_idx fl[MAX_LAYERS];
+  int headw, headb;
+  // first parameter index of each backward group
+  int grp_omics_enc, grp_omics_dec, grp_conv[3], grp_proj, grp_gattn, grp_clin, grp_emb, grp_fusion[MAX_LAYERS],
+      grp_head;
+  // activations (planned once)
+  ps_arena act;
+  bool planned;
+  int64_t max_b;
+  // omics
+  int64_t *o_rows;                 // (B) batch rows with omics
+  uint64_t *o_streams;             // (B)
+  float *o_x, *o_xn;               // (B, G) clean target, noisy input
+  float *o_h1, *o_h1d, *o_z;       // (B, HA), (B, HA), (B, D)
+  uint8_t *o_mask;                 // (B, HA)
+  float *o_hd, *o_rec;             // (B, HA), (B, G)
+  float *o_grec, *o_ghd, *o_gz, *o_gh1d, *o_gh1; // grads
+  // slide
+  int64_t *s_off;                  // (B+1) tile offsets
+  float *s_x0;                     // (B*K, 3, S, S) or (B*K, F) gathered valid tiles
+  float *s_z[3], *s_p[3];          // block pre-BN maps and pooled outputs
+  uint8_t *s_am[3];
+  float *s_mean[3], *s_rstd[3];    // (OC)
+  float *s_h;                      // (B*K, D) tile embeddings
+  ps_nn_gattn_cache s_att;
+  float *s_out;                    // (B, D)
+  float *s_gout, *s_gh, *s_gattn_scratch, *s_gz, *s_gpa, *s_gpb;
+  ps_nn_convblock_scratch s_scr;
+  // clinical
+  int64_t *c_rows;
+  float *c_x, *c_h, *c_z, *c_gh, *c_gz; // (B,C), (B,HC), (B,D)
+  // fusion
+  uint8_t *f_mask;                 // (B, M)
+  float *f_x[MAX_LAYERS + 1];      // (B*M, D) layer inputs/outputs
+  ps_nn_mhsa_cache f_cache[MAX_LAYERS];
+  float *f_pool;                   // (B, D)
+  float *f_ga, *f_gb, *f_scratch;  // (B*M, D) x2, mhsa scratch
+  float *tile_att;                 // (B, K)
+  float *mod_att;                  // (B, M)
+  // last forward
+  int64_t B, n_o, n_c, n_t;
+  bool training;
+  double recon_norm;
+  bool recon_norm_set;
+  double t_fwd[PS_MT_COUNT], t_bwd[PS_MT_COUNT], fl_fwd[PS_MT_COUNT], fl_bwd[PS_MT_COUNT];
+};
+
+// ---- creation ------------------------------------------------------------------------------------
+static ps_status add_linear(ps_param_table *t, int *w, int *b, const char *name, int64_t dout, int64_t din,
+                            ps_init_kind init) {
+  char nm[PS_PARAM_NAME_MAX + 16]; // over-long names are rejected by ps_param_add
+  snprintf(nm, sizeof nm, "%s.weight", name);
+  PS_TRY(ps_param_add(t, w, nm, PS_SHAPE(dout, din), true, init, din, dout));
+  snprintf(nm, sizeof nm, "%s.bias", name);
+  return ps_param_add(t, b, nm, PS_SHAPE(dout), false, PS_INIT_ZERO, din, dout);
+}
+
+static ps_status validate_config(const ps_model_config *c) {
+  int n = 0;
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) n += c->use[i];
+  if (!n) PS_FAIL(PS_ERR_CONFIG, "model: no modality enabled (enable at least one of omics, slide, clinical)");
+  if (c->d <= 0 || c->heads <= 0 || c->d % c->heads)
+    PS_FAIL(PS_ERR_CONFIG, "model: width d=%lld must be a positive multiple of heads=%d", (long long)c->d, c->heads);
+  if (c->fusion_layers < 0 || c->fusion_layers > MAX_LAYERS)
+    PS_FAIL(PS_ERR_CONFIG, "model: fusion_layers=%d not in 0..%d", c->fusion_layers, MAX_LAYERS);
+  if (c->use[PS_NN_OMICS] && (c->genes <= 0 || c->ae_hidden <= 0))
+    PS_FAIL(PS_ERR_CONFIG, "model: omics needs genes > 0 and ae_hidden > 0 (got %lld, %lld)", (long long)c->genes,
+            (long long)c->ae_hidden);
+  if (c->ae_dropout < 0 || c->ae_dropout >= 1)
+    PS_FAIL(PS_ERR_CONFIG, "model: ae_dropout=%g not in [0, 1)", c->ae_dropout);
+  if (c->use[PS_NN_SLIDE]) {
+    if (c->max_tiles <= 0 || c->attn_hidden <= 0)
+      PS_FAIL(PS_ERR_CONFIG, "model: slide needs max_tiles > 0 and attn_hidden > 0");
+    if (c->slide_mode == PS_SLIDE_TILES) {
+      if (c->tile_size <= 0 || c->tile_size % 8)
+        PS_FAIL(PS_ERR_CONFIG, "model: tile_size=%lld must be a positive multiple of 8 (three 2x2 pools)",
+                (long long)c->tile_size);
+      if (c->cnn_ch[2] != c->d)
+        PS_FAIL(PS_ERR_CONFIG, "model: last CNN width %lld must equal d=%lld (global avg pool gives the tile embedding)",
+                (long long)c->cnn_ch[2], (long long)c->d);
+      for (int i = 0; i < 3; i++) {
+        if (c->cnn_ch[i] <= 0) PS_FAIL(PS_ERR_CONFIG, "model: cnn channel %d is %lld", i, (long long)c->cnn_ch[i]);
+        if (c->cnn_norm_groups < 0 || (c->cnn_norm_groups > 0 && c->cnn_ch[i] % c->cnn_norm_groups))
+          PS_FAIL(PS_ERR_CONFIG, "model: cnn_norm_groups=%d must be >= 0 and divide every CNN width (%lld)",
+                  c->cnn_norm_groups, (long long)c->cnn_ch[i]);
+      }
+    } else if (c->slide_mode == PS_SLIDE_FEATURES) {
+      if (c->feat_dim <= 0) PS_FAIL(PS_ERR_CONFIG, "model: features mode needs feat_dim > 0");
+    } else {
+      PS_FAIL(PS_ERR_CONFIG, "model: unknown slide mode %d", (int)c->slide_mode);
+    }
+  }
+  if (c->use[PS_NN_CLINICAL] && (c->clinical <= 0 || c->clinical_hidden <= 0))
+    PS_FAIL(PS_ERR_CONFIG, "model: clinical needs clinical > 0 and clinical_hidden > 0");
+  if (c->fusion_layers > 0 && c->ff_hidden <= 0) PS_FAIL(PS_ERR_CONFIG, "model: ff_hidden must be > 0");
+  return PS_OK;
+}
+
+static ps_status build(ps_model *m) {
+  const ps_model_config *c = &m->cfg;
+  ps_param_table *t = &m->params;
+  const int64_t D = c->d;
+  char nm[PS_PARAM_NAME_MAX];
+  if (c->use[PS_NN_OMICS]) {
+    m->grp_omics_enc = t->count;
+    PS_TRY(add_linear(t, &m->enc1w, &m->enc1b, "omics.enc1", c->ae_hidden, c->genes, PS_INIT_KAIMING_UNIFORM));
+    PS_TRY(add_linear(t, &m->enc2w, &m->enc2b, "omics.enc2", D, c->ae_hidden, PS_INIT_XAVIER_UNIFORM));
+    m->grp_omics_dec = t->count;
+    PS_TRY(add_linear(t, &m->dec1w, &m->dec1b, "omics.dec1", c->ae_hidden, D, PS_INIT_KAIMING_UNIFORM));
+    PS_TRY(add_linear(t, &m->dec2w, &m->dec2b, "omics.dec2", c->genes, c->ae_hidden, PS_INIT_XAVIER_UNIFORM));
+  }
+  if (c->use[PS_NN_SLIDE]) {
+    if (c->slide_mode == PS_SLIDE_TILES) {
+      int64_t cin = 3;
+      for (int i = 0; i < 3; i++) {
+        m->grp_conv[i] = t->count;
+        snprintf(nm, sizeof nm, "slide.conv%d.weight", i + 1);
+        PS_TRY(ps_param_add(t, &m->convw[i], nm, PS_SHAPE(c->cnn_ch[i], cin, 3, 3), true, PS_INIT_KAIMING_UNIFORM,
+                            cin * 9, c->cnn_ch[i] * 9));
+        const char *nk = c->cnn_norm_groups > 0 ? "gn" : "bn";
+        snprintf(nm, sizeof nm, "slide.%s%d.weight", nk, i + 1);
+        PS_TRY(ps_param_add(t, &m->bng[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        snprintf(nm, sizeof nm, "slide.%s%d.bias", nk, i + 1);
+        PS_TRY(ps_param_add(t, &m->bnb[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
+        m->bnrm[i] = m->bnrv[i] = -1;
+        if (c->cnn_norm_groups == 0) {
+          snprintf(nm, sizeof nm, "slide.bn%d.running_mean", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrm[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ZERO, 1, 1));
+          snprintf(nm, sizeof nm, "slide.bn%d.running_var", i + 1);
+          PS_TRY(ps_param_add(&m->buffers, &m->bnrv[i], nm, PS_SHAPE(c->cnn_ch[i]), false, PS_INIT_ONE, 1, 1));
+        }
+        cin = c->cnn_ch[i];
+      }
+    } else {
+      m->grp_proj = t->count;
+      PS_TRY(add_linear(t, &m->projw, &m->projb, "slide.proj", D, c->feat_dim, PS_INIT_KAIMING_UNIFORM));
+    }
+    m->grp_gattn = t->count;
+    PS_TRY(add_linear(t, &m->gv, &m->gbv, "slide.attn.V", c->attn_hidden, D, PS_INIT_XAVIER_UNIFORM));
+    PS_TRY(add_linear(t, &m->gu, &m->gbu, "slide.attn.U", c->attn_hidden, D, PS_INIT_XAVIER_UNIFORM));
+    PS_TRY(ps_param_add(t, &m->gw, "slide.attn.w.weight", PS_SHAPE(1, c->attn_hidden), true, PS_INIT_XAVIER_UNIFORM,
+                        c->attn_hidden, 1));
+  }
+  if (c->use[PS_NN_CLINICAL]) {
+    m->grp_clin = t->count;
+    PS_TRY(add_linear(t, &m->c1w, &m->c1b, "clinical.fc1", c->clinical_hidden, c->clinical, PS_INIT_KAIMING_UNIFORM));
+    PS_TRY(add_linear(t, &m->c2w, &m->c2b, "clinical.fc2", D, c->clinical_hidden, PS_INIT_XAVIER_UNIFORM));
+  }
+  m->grp_emb = t->count;
+  PS_TRY(ps_param_add(t, &m->emb, "fusion.modality_embedding", PS_SHAPE(m->M, D), false, PS_INIT_NORMAL_002, D, D));
+  for (int l = 0; l < c->fusion_layers; l++) {
+    mhsa_idx *f = &m->fl[l];
+    m->grp_fusion[l] = t->count;
+    snprintf(nm, sizeof nm, "fusion.%d.attn.qkv", l);
+    PS_TRY(add_linear(t, &f->wqkv, &f->bqkv, nm, 3 * D, D, PS_INIT_XAVIER_UNIFORM));
+    snprintf(nm, sizeof nm, "fusion.%d.attn.out", l);
+    PS_TRY(add_linear(t, &f->wo, &f->bo, nm, D, D, PS_INIT_XAVIER_UNIFORM));
+    snprintf(nm, sizeof nm, "fusion.%d.ln1.weight", l);
+    PS_TRY(ps_param_add(t, &f->ln1g, nm, PS_SHAPE(D), false, PS_INIT_ONE, 1, 1));
+    snprintf(nm, sizeof nm, "fusion.%d.ln1.bias", l);
+    PS_TRY(ps_param_add(t, &f->ln1b, nm, PS_SHAPE(D), false, PS_INIT_ZERO, 1, 1));
+    snprintf(nm, sizeof nm, "fusion.%d.ff1", l);
+    PS_TRY(add_linear(t, &f->w1, &f->b1, nm, c->ff_hidden, D, PS_INIT_KAIMING_UNIFORM));
+    snprintf(nm, sizeof nm, "fusion.%d.ff2", l);
+    PS_TRY(add_linear(t, &f->w2, &f->b2, nm, D, c->ff_hidden, PS_INIT_XAVIER_UNIFORM));
+    snprintf(nm, sizeof nm, "fusion.%d.ln2.weight", l);
+    PS_TRY(ps_param_add(t, &f->ln2g, nm, PS_SHAPE(D), false, PS_INIT_ONE, 1, 1));
+    snprintf(nm, sizeof nm, "fusion.%d.ln2.bias", l);
+    PS_TRY(ps_param_add(t, &f->ln2b, nm, PS_SHAPE(D), false, PS_INIT_ZERO, 1, 1));
+  }
+  m->grp_head = t->count;
+  PS_TRY(add_linear(t, &m->headw, &m->headb, "head", 1, D, PS_INIT_XAVIER_UNIFORM));
+  return PS_OK;
+}
+
+ps_status ps_model_create(ps_model **out, const ps_model_config *cfg) {
+  *out = NULL;
+  PS_TRY(validate_config(cfg));
+  ps_model *m = calloc(1, sizeof(*m));
+  if (!m) PS_FAIL(PS_ERR_MEM, "model: out of memory");
+  m->cfg = *cfg;
+  ps_param_table_init(&m->params, "parameters", true);
+  ps_param_table_init(&m->buffers, "buffers", false);
+  m->M = 0;
+  for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) m->tok[i] = cfg->use[i] ? m->M++ : -1;
+  ps_status s = build(m);
+  if (s == PS_OK) s = ps_param_table_alloc(&m->params);
+  if (s == PS_OK) s = ps_param_table_alloc(&m->buffers); // may be empty (no BatchNorm)
+  if (s != PS_OK) {
+    ps_model_destroy(m);
+    return s;
+  }
+  ps_param_table_init_values(&m->params, cfg->seed);
+  ps_param_table_init_values(&m->buffers, cfg->seed);
+  *out = m;
+  return PS_OK;
+}
+
+void ps_model_destroy(ps_model *m) {
+  if (!m) return;
+  ps_param_table_free(&m->params);
+  ps_param_table_free(&m->buffers);
+  if (m->planned) ps_arena_free(&m->act);
+  free(m);
+}
+
+const ps_model_config *ps_model_config_of(const ps_model *m) { return &m->cfg; }
+ps_param_table *ps_model_params(ps_model *m) { return &m->params; }
+ps_param_table *ps_model_buffers(ps_model *m) { return &m->buffers; }
+void ps_model_set_reducer(ps_model *m, ps_nn_reducer r) { m->reducer = r; }
+
+static ps_status comm_sum_f64(void *ctx, double *buf, int64_t n) {
+  return ps_comm_allreduce((ps_comm *)ctx, PS_IN_PLACE, buf, n, PS_F64, PS_OP_SUM);
+}
+ps_nn_reducer ps_nn_reducer_comm(ps_comm *c) { return (ps_nn_reducer){c && ps_comm_size(c) > 1 ? comm_sum_f64 : NULL, c}; }
+void ps_model_set_recon_norm(ps_model *m, double norm) {
+  m->recon_norm = norm;
+  m->recon_norm_set = norm > 0;
+}
+const float *ps_model_tile_attention(const ps_model *m) { return m->tile_att; }
+const float *ps_model_modality_attention(const ps_model *m) { return m->mod_att; }
+int ps_model_tokens(const ps_model *m) { return m->M; }
+size_t ps_model_activation_bytes(const ps_model *m) { return m->planned ? m->act.capacity : 0; }
+
+void ps_model_timers(const ps_model *m, double fwd_s[PS_MT_COUNT], double bwd_s[PS_MT_COUNT],
+                     double flops_fwd[PS_MT_COUNT], double flops_bwd[PS_MT_COUNT]) {
+  for (int i = 0; i < PS_MT_COUNT; i++) {
+    if (fwd_s) fwd_s[i] = m->t_fwd[i];
+    if (bwd_s) bwd_s[i] = m->t_bwd[i];
+    if (flops_fwd) flops_fwd[i] = m->fl_fwd[i];
+    if (flops_bwd) flops_bwd[i] = m->fl_bwd[i];
+  }
+}
+
+// ---- planning: pass 0 sizes the arena, pass 1 carves it ------------------------------------------
+typedef struct {
+  ps_arena *a;
+  size_t need;
+  int pass;
+  ps_status st;
+} planner;
+
+static void *take(planner *p, size_t bytes) {
+  if (p->pass == 0) {
+    p->need += ps_arena_footprint(bytes ? bytes : 1);
+    return NULL;
+  }
+  void *ptr = NULL;
+  if (p->st == PS_OK) p->st = ps_arena_alloc_bytes(p->a, bytes ? bytes : 1, &ptr);
+  return ptr;
+}
+#define TAKE_F(p, n) ((float *)take((p), (size_t)(n) * sizeof(float)))
+
+static void plan_pass(ps_model *m, planner *p) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t B = m->max_b, D = c->d, K = c->max_tiles, M = m->M, HA = c->ae_hidden, G = c->genes;
+  const int nth = m->nth;
+  if (c->use[PS_NN_OMICS]) {
+    m->o_rows = take(p, (size_t)B * sizeof(int64_t));
+    m->o_streams = take(p, (size_t)B * sizeof(uint64_t));
+    m->o_x = TAKE_F(p, B * G);
+    m->o_xn = TAKE_F(p, B * G);
+    m->o_h1 = TAKE_F(p, B * HA);
+    m->o_h1d = TAKE_F(p, B * HA);
+    m->o_mask = take(p, (size_t)(B * HA));
+    m->o_z = TAKE_F(p, B * D);
+    m->o_hd = TAKE_F(p, B * HA);
+    m->o_rec = TAKE_F(p, B * G);
+    m->o_grec = TAKE_F(p, B * G);
+    m->o_ghd = TAKE_F(p, B * HA);
+    m->o_gz = TAKE_F(p, B * D);
+    m->o_gh1d = TAKE_F(p, B * HA);
+    m->o_gh1 = TAKE_F(p, B * HA);
+  }
+  if (c->use[PS_NN_SLIDE]) {
+    const int64_t NT = B * K, A = c->attn_hidden;
+    m->s_off = take(p, (size_t)(B + 1) * sizeof(int64_t));
+    if (c->slide_mode == PS_SLIDE_TILES) {
+      const int64_t S = c->tile_size;
+      m->s_x0 = TAKE_F(p, NT * 3 * S * S);
+      int64_t cin = 3, h = S, maxz = 0, maxp = 0, maxcol = 0, maxw = 0, maxoc = 0;
+      for (int i = 0; i < 3; i++) {
+        int64_t oc = c->cnn_ch[i];
+        m->s_z[i] = TAKE_F(p, NT * oc * h * h);
+        m->s_p[i] = TAKE_F(p, NT * oc * (h / 2) * (h / 2));
+        m->s_am[i] = take(p, (size_t)(NT * oc * (h / 2) * (h / 2)));
+        int64_t nstat = c->cnn_norm_groups > 0 ? NT * c->cnn_norm_groups : oc; // GN: per tile and group
+        m->s_mean[i] = TAKE_F(p, nstat);
+        m->s_rstd[i] = TAKE_F(p, nstat);
+        if (oc * h * h > maxz) maxz = oc * h * h;
+        if (oc * (h / 2) * (h / 2) > maxp) maxp = oc * (h / 2) * (h / 2);
+        if (ps_nn_conv_col_floats(cin, h, h, 3) > maxcol) maxcol = ps_nn_conv_col_floats(cin, h, h, 3);
+        if (oc * cin * 9 > maxw) maxw = oc * cin * 9;
+        if (oc > maxoc) maxoc = oc;
+        cin = oc;
+        h /= 2;
+      }
+      m->s_gz = TAKE_F(p, nth * maxz); // per-thread dz of one tile
+      m->s_gpa = TAKE_F(p, NT * maxp);
+      m->s_gpb = TAKE_F(p, NT * maxp);
+      m->s_scr.col = TAKE_F(p, nth * maxcol);
+      m->s_scr.dw_scratch = TAKE_F(p, nth * maxw);
+      m->s_scr.stats = take(p, (size_t)(nth * (2 * maxoc + 1)) * sizeof(double));
+    } else {
+      m->s_x0 = TAKE_F(p, NT * c->feat_dim);
+    }
+    m->s_h = TAKE_F(p, NT * D);
+    m->s_att.a = TAKE_F(p, NT * A);
+    m->s_att.g = TAKE_F(p, NT * A);
+    m->s_att.alpha = TAKE_F(p, NT);
+    m->s_out = TAKE_F(p, B * D);
+    m->s_gout = TAKE_F(p, B * D);
+    m->s_gh = TAKE_F(p, NT * D);
+    m->s_gattn_scratch = TAKE_F(p, 2 * NT * A + 2 * NT);
+  }
+  if (c->use[PS_NN_CLINICAL]) {
+    m->c_rows = take(p, (size_t)B * sizeof(int64_t));
+    m->c_x = TAKE_F(p, B * c->clinical);
+    m->c_h = TAKE_F(p, B * c->clinical_hidden);
+    m->c_z = TAKE_F(p, B * D);
+    m->c_gh = TAKE_F(p, B * c->clinical_hidden);
+    m->c_gz = TAKE_F(p, B * D);
+  }
+  ps_nn_mhsa_dims md = {B, M, D, c->heads, c->ff_hidden};
+  m->f_mask = take(p, (size_t)(B * M));
+  for (int l = 0; l <= c->fusion_layers; l++) m->f_x[l] = TAKE_F(p, B * M * D);
+  for (int l = 0; l < c->fusion_layers; l++) {
+    float *mem = TAKE_F(p, ps_nn_mhsa_cache_floats(&md));
+    if (mem) ps_nn_mhsa_cache_bind(&m->f_cache[l], mem, &md);
+  }
+  m->f_pool = TAKE_F(p, B * D);
+  m->f_ga = TAKE_F(p, B * M * D);
+  m->f_gb = TAKE_F(p, B * M * D);
+  m->f_scratch = TAKE_F(p, ps_nn_mhsa_scratch_floats(&md));
+  m->tile_att = TAKE_F(p, B * K);
+  m->mod_att = TAKE_F(p, B * M);
+}
+
+ps_status ps_model_plan(ps_model *m, int64_t max_b) {
+  PS_REQUIRE(max_b > 0, "model plan: batch %lld must be > 0", (long long)max_b);
+  if (m->planned) {
+    if (max_b <= m->max_b && m->nth == omp_get_max_threads()) return PS_OK;
+    ps_arena_free(&m->act);
+    m->planned = false;
+  }
+  m->max_b = max_b;
+  m->nth = omp_get_max_threads();
+  planner p = {&m->act, 0, 0, PS_OK};
+  plan_pass(m, &p);
+  PS_TRY(ps_arena_init(&m->act, "activations", PS_CPU, p.need));
+  p.pass = 1;
+  plan_pass(m, &p);
+  if (p.st != PS_OK) {
+    ps_arena_free(&m->act);
+    return ps_error_wrap(p.st, "planning activations for batch %lld: ", (long long)max_b);
+  }
+  m->planned = true;
+  return PS_OK;
+}
+
+// ---- forward ---------------------------------------------------------------------------------------
+#define PD(i) ps_param_data(&m->params, (i))
+#define PG(i) ps_param_grad(&m->params, (i))
+#define BD(i) ps_param_data(&m->buffers, (i))
+
+static bool present(const ps_model_batch *in, const uint8_t *flags, int64_t b) {
+  return flags && flags[b * (in->present_stride > 0 ? in->present_stride : 1)];
+}
+
+static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t step, double *recon) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t G = c->genes, HA = c->ae_hidden, D = c->d;
+  int64_t n = 0;
+  for (int64_t b = 0; b < in->b; b++)
+    if (present(in, in->omics_present, b)) m->o_rows[n++] = b;
+  m->n_o = n;
+  *recon = 0;
+  if (!n) return PS_OK;
+  PS_REQUIRE(in->omics, "model forward: omics_present is set but the omics matrix is NULL");
+  for (int64_t r = 0; r < n; r++) {
+    int64_t b = m->o_rows[r];
+    memcpy(m->o_x + r * G, in->omics + b * G, (size_t)G * sizeof(float));
+    float *xn = m->o_xn + r * G;
+    memcpy(xn, in->omics + b * G, (size_t)G * sizeof(float));
+    if (m->training && c->ae_input_noise > 0) {
+      ps_rng rng = ps_rng_make(c->seed, ps_rng_stream(PS_RNG_NOISE, (uint64_t)step, (uint64_t)in->patient_id[b], 0));
+      for (int64_t j = 0; j < G; j++) xn[j] += c->ae_input_noise * (float)ps_rng_normal(&rng, (uint64_t)j);
+    }
+    m->o_streams[r] = ps_rng_stream(PS_RNG_DROPOUT, (uint64_t)step, (uint64_t)in->patient_id[b], DROPOUT_LAYER_AE);
+  }
+  ps_nn_linear_forward(m->o_h1, NULL, m->o_xn, PD(m->enc1w), PD(m->enc1b), n, G, HA, PS_NN_ACT_RELU);
+  if (m->training && c->ae_dropout > 0) {
+    ps_nn_dropout_forward(m->o_h1d, m->o_mask, m->o_h1, c->ae_dropout, c->seed, m->o_streams, n, HA);
+  } else {
+    memcpy(m->o_h1d, m->o_h1, (size_t)(n * HA) * sizeof(float));
+    memset(m->o_mask, 1, (size_t)(n * HA));
+  }
+  ps_nn_linear_forward(m->o_z, NULL, m->o_h1d, PD(m->enc2w), PD(m->enc2b), n, HA, D, PS_NN_ACT_NONE);
+  ps_nn_linear_forward(m->o_hd, NULL, m->o_z, PD(m->dec1w), PD(m->dec1b), n, D, HA, PS_NN_ACT_RELU);
+  ps_nn_linear_forward(m->o_rec, NULL, m->o_hd, PD(m->dec2w), PD(m->dec2b), n, HA, G, PS_NN_ACT_NONE);
+  double sse = 0;
+  for (int64_t i = 0; i < n * G; i++) {
+    double d = (double)m->o_rec[i] - m->o_x[i];
+    sse += d * d;
+  }
+  *recon = sse / (double)(n * G);
+  double fl = 2.0 * n * (G * HA + HA * D + D * HA + HA * G);
+  m->fl_fwd[PS_MT_OMICS] = fl;
+  m->fl_bwd[PS_MT_OMICS] = 2 * fl - 2.0 * n * G * HA; // no input gradient for the first layer
+  return PS_OK;
+}
+
+static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t K = c->max_tiles, D = c->d, A = c->attn_hidden;
+  m->s_off[0] = 0;
+  for (int64_t b = 0; b < in->b; b++) {
+    int32_t k = in->tile_count ? in->tile_count[b] : 0;
+    if (k < 0 || k > K)
+      PS_FAIL(PS_ERR_DATA, "model forward: patient %lld (batch row %lld) has tile count %d, expected 0..%lld",
+              (long long)in->patient_id[b], (long long)b, (int)k, (long long)K);
+    m->s_off[b + 1] = m->s_off[b] + k;
+  }
+  const int64_t nt = m->s_off[in->b];
+  m->n_t = nt;
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
+  if (c->slide_mode == PS_SLIDE_TILES) {
+    const int64_t S = c->tile_size, tsz = 3 * S * S;
+    PS_REQUIRE(nt == 0 || in->tiles, "model forward: tile counts are set but the tiles array is NULL");
+    for (int64_t b = 0; b < in->b; b++)
+      if (m->s_off[b + 1] > m->s_off[b])
+        memcpy(m->s_x0 + m->s_off[b] * tsz, in->tiles + b * K * tsz,
+               (size_t)((m->s_off[b + 1] - m->s_off[b]) * tsz) * sizeof(float));
+    // SyncBN: a rank with no tiles still joins the statistics all-reduce (count 0).
+    const float *x = m->s_x0;
+    int64_t cin = 3, h = S;
+    for (int i = 0; i < 3; i++) {
+      double t0 = omp_get_wtime();
+      ps_nn_convblock_dims d = {nt, cin, c->cnn_ch[i], h, h};
+      PS_TRY(ps_nn_convblock_forward(m->s_p[i], m->s_am[i], m->s_z[i], m->s_mean[i], m->s_rstd[i], x, PD(m->convw[i]),
+                                     PD(m->bng[i]), PD(m->bnb[i]), m->bnrm[i] >= 0 ? BD(m->bnrm[i]) : NULL,
+                                     m->bnrv[i] >= 0 ? BD(m->bnrv[i]) : NULL, &d, &bo,
+                                     &m->s_scr));
+      double fl = 2.0 * nt * c->cnn_ch[i] * cin * 9 * h * h;
+      m->fl_fwd[PS_MT_CONV1 + i] = fl;
+      m->fl_bwd[PS_MT_CONV1 + i] = i == 0 ? fl : 2 * fl;
+      m->t_fwd[PS_MT_CONV1 + i] = omp_get_wtime() - t0;
+      x = m->s_p[i];
+      cin = c->cnn_ch[i];
+      h /= 2;
+    }
+    ps_nn_avgpool_forward(m->s_h, m->s_p[2], nt, D, h * h);
+  } else {
+    const int64_t F = c->feat_dim;
+    PS_REQUIRE(nt == 0 || in->features, "model forward: tile counts are set but the features array is NULL");
+    for (int64_t b = 0; b < in->b; b++)
+      if (m->s_off[b + 1] > m->s_off[b])
+        memcpy(m->s_x0 + m->s_off[b] * F, in->features + b * K * F,
+               (size_t)((m->s_off[b + 1] - m->s_off[b]) * F) * sizeof(float));
+    ps_nn_linear_forward(m->s_h, NULL, m->s_x0, PD(m->projw), PD(m->projb), nt, F, D, PS_NN_ACT_RELU);
+  }
+  ps_nn_gattn_forward(m->s_out, &m->s_att, m->s_h, PD(m->gv), PD(m->gbv), PD(m->gu), PD(m->gbu), PD(m->gw), m->s_off,
+                      in->b, D, A);
+  for (int64_t b = 0; b < in->b; b++) {
+    float *ta = m->tile_att + b * K;
+    memset(ta, 0, (size_t)K * sizeof(float));
+    for (int64_t k = m->s_off[b]; k < m->s_off[b + 1]; k++) ta[k - m->s_off[b]] = m->s_att.alpha[k];
+  }
+  double fl = 2.0 * nt * D * A * 2 + 4.0 * nt * D;
+  if (c->slide_mode == PS_SLIDE_FEATURES) fl += 2.0 * nt * c->feat_dim * D;
+  m->fl_fwd[PS_MT_TILE_HEAD] = fl;
+  m->fl_bwd[PS_MT_TILE_HEAD] = 2 * fl;
+  return PS_OK;
+}
+
+static void forward_clinical(ps_model *m, const ps_model_batch *in) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t C = c->clinical, HC = c->clinical_hidden, D = c->d;
+  int64_t n = 0;
+  for (int64_t b = 0; b < in->b; b++)
+    if (present(in, in->clinical_present, b)) {
+      memcpy(m->c_x + n * C, in->clinical + b * C, (size_t)C * sizeof(float));
+      m->c_rows[n++] = b;
+    }
+  m->n_c = n;
+  ps_nn_linear_forward(m->c_h, NULL, m->c_x, PD(m->c1w), PD(m->c1b), n, C, HC, PS_NN_ACT_RELU);
+  ps_nn_linear_forward(m->c_z, NULL, m->c_h, PD(m->c2w), PD(m->c2b), n, HC, D, PS_NN_ACT_NONE);
+  m->fl_fwd[PS_MT_CLINICAL] = 2.0 * n * (C * HC + HC * D);
+  m->fl_bwd[PS_MT_CLINICAL] = 2.0 * n * (C * HC + 2 * HC * D);
+}
+
+static void mhsa_params_of(const ps_model *m, int l, ps_nn_mhsa_params *p) {
+  const mhsa_idx *f = &m->fl[l];
+  *p = (ps_nn_mhsa_params){PD(f->wqkv), PD(f->bqkv), PD(f->wo), PD(f->bo), PD(f->ln1g), PD(f->ln1b),
+                           PD(f->ln2g), PD(f->ln2b), PD(f->w1), PD(f->b1), PD(f->w2), PD(f->b2)};
+}
+
+static void mhsa_grads_of(const ps_model *m, int l, ps_nn_mhsa_grads *g) {
+  const mhsa_idx *f = &m->fl[l];
+  *g = (ps_nn_mhsa_grads){PG(f->wqkv), PG(f->bqkv), PG(f->wo), PG(f->bo), PG(f->ln1g), PG(f->ln1b),
+                          PG(f->ln2g), PG(f->ln2b), PG(f->w1), PG(f->b1), PG(f->w2), PG(f->b2)};
+}
+
+static void forward_fusion(ps_model *m, const ps_model_batch *in, float *eta) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t B = in->b, M = m->M, D = c->d;
+  float *x = m->f_x[0];
+  const float *emb = PD(m->emb);
+  memset(x, 0, (size_t)(B * M * D) * sizeof(float));
+  // Token rows: present modality -> its embedding + modality embedding; absent -> 0 and masked.
+  const float *src[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->o_z, [PS_NN_CLINICAL] = m->c_z, [PS_NN_SLIDE] = m->s_out};
+  const int64_t *rows[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->o_rows, [PS_NN_CLINICAL] = m->c_rows};
+  const int64_t nrows[PS_NN_MODALITY_COUNT] = {[PS_NN_OMICS] = m->n_o, [PS_NN_CLINICAL] = m->n_c};
+  for (int mod = 0; mod < PS_NN_MODALITY_COUNT; mod++) {
+    int t = m->tok[mod];
+    if (t < 0) continue;
+    for (int64_t b = 0; b < B; b++) m->f_mask[b * M + t] = 0;
+    if (mod == PS_NN_SLIDE) {
+      for (int64_t b = 0; b < B; b++)
+        if (m->s_off[b + 1] > m->s_off[b]) {
+          m->f_mask[b * M + t] = 1;
+          for (int64_t j = 0; j < D; j++) x[(b * M + t) * D + j] = m->s_out[b * D + j] + emb[t * D + j];
+        }
+    } else {
+      for (int64_t r = 0; r < nrows[mod]; r++) {
+        int64_t b = rows[mod][r];
+        m->f_mask[b * M + t] = 1;
+        for (int64_t j = 0; j < D; j++) x[(b * M + t) * D + j] = src[mod][r * D + j] + emb[t * D + j];
+      }
+    }
+  }
+  ps_nn_mhsa_dims md = {B, M, D, c->heads, c->ff_hidden};
+  for (int l = 0; l < c->fusion_layers; l++) {
+    ps_nn_mhsa_params p;
+    mhsa_params_of(m, l, &p);
+    ps_nn_mhsa_forward(m->f_x[l + 1], &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md);
+  }
+  const float *y = m->f_x[c->fusion_layers];
+  const float *hw = PD(m->headw), *hb = PD(m->headb);
+  for (int64_t b = 0; b < B; b++) {
+    int np = 0;
+    float *pool = m->f_pool + b * D;
+    memset(pool, 0, (size_t)D * sizeof(float));
+    for (int64_t t = 0; t < M; t++)
+      if (m->f_mask[b * M + t]) {
+        np++;
+        for (int64_t j = 0; j < D; j++) pool[j] += y[(b * M + t) * D + j];
+      }
+    double e = hb[0];
+    for (int64_t j = 0; j < D; j++) {
+      pool[j] /= (float)np;
+      e += (double)hw[j] * pool[j];
+    }
+    eta[b] = (float)e;
+    // Modality attention: last layer's weights, mean over heads and present queries.
+    float *ma = m->mod_att + b * M;
+    memset(ma, 0, (size_t)M * sizeof(float));
+    if (c->fusion_layers > 0) {
+      const float *pr = m->f_cache[c->fusion_layers - 1].prob;
+      for (int64_t h = 0; h < c->heads; h++)
+        for (int64_t i = 0; i < M; i++)
+          if (m->f_mask[b * M + i])
+            for (int64_t j = 0; j < M; j++) ma[j] += pr[((b * c->heads + h) * M + i) * M + j];
+      for (int64_t j = 0; j < M; j++) ma[j] /= (float)(c->heads * np);
+    } else {
+      for (int64_t j = 0; j < M; j++) ma[j] = m->f_mask[b * M + j] ? 1.0f / (float)np : 0.0f;
+    }
+  }
+  double n = (double)(B * M);
+  m->fl_fwd[PS_MT_FUSION] = c->fusion_layers * 2.0 * n * (3 * D * D + D * D + 2 * D * c->ff_hidden) + 2.0 * B * D;
+  m->fl_bwd[PS_MT_FUSION] = 2 * m->fl_fwd[PS_MT_FUSION];
+}
+
+ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps_model_batch *in, bool training,
+                           int64_t step) {
+  const ps_model_config *c = &m->cfg;
+  PS_REQUIRE(m->planned, "model forward: call ps_model_plan first");
+  PS_REQUIRE(in->b >= 0 && in->b <= m->max_b, "model forward: batch %lld exceeds the planned %lld",
+             (long long)in->b, (long long)m->max_b);
+  PS_REQUIRE(in->b == 0 || in->patient_id, "model forward: patient_id is NULL");
+  PS_REQUIRE(omp_get_max_threads() <= m->nth, "model forward: %d threads but planned for %d (plan again)",
+             omp_get_max_threads(), m->nth);
+  // A patient must have at least one enabled modality present: report it, never produce NaN.
+  for (int64_t b = 0; b < in->b; b++) {
+    bool any = (c->use[PS_NN_OMICS] && present(in, in->omics_present, b)) ||
+               (c->use[PS_NN_CLINICAL] && present(in, in->clinical_present, b)) ||
+               (c->use[PS_NN_SLIDE] && in->tile_count && in->tile_count[b] > 0);
+    if (!any) {
+      char en[64] = "";
+      for (int i = 0; i < PS_NN_MODALITY_COUNT; i++)
+        if (c->use[i]) snprintf(en + strlen(en), sizeof en - strlen(en), "%s%s", *en ? ", " : "", ps_nn_modality_name(i));
+      PS_FAIL(PS_ERR_DATA, "patient %lld (batch row %lld) has none of the enabled modalities (%s) present",
+              (long long)in->patient_id[b], (long long)b, en);
+    }
+  }
+  m->B = in->b;
+  m->training = training;
+  memset(m->t_fwd, 0, sizeof m->t_fwd);
+  memset(m->fl_fwd, 0, sizeof m->fl_fwd);
+  memset(m->fl_bwd, 0, sizeof m->fl_bwd);
+  m->n_o = m->n_c = m->n_t = 0;
+  *recon_loss = 0;
+  double t0 = omp_get_wtime();
+  if (c->use[PS_NN_OMICS]) PS_TRY(forward_omics(m, in, step, recon_loss));
+  double t1 = omp_get_wtime();
+  m->t_fwd[PS_MT_OMICS] = t1 - t0;
+  if (c->use[PS_NN_SLIDE]) {
+    PS_TRY(forward_slide(m, in));
+    m->t_fwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t1 - m->t_fwd[PS_MT_CONV1] - m->t_fwd[PS_MT_CONV2] -
+                                m->t_fwd[PS_MT_CONV3];
+  } else {
+    memset(m->tile_att, 0, (size_t)(in->b * c->max_tiles) * sizeof(float));
+  }
+  double t2 = omp_get_wtime();
+  if (c->use[PS_NN_CLINICAL]) forward_clinical(m, in);
+  double t3 = omp_get_wtime();
+  m->t_fwd[PS_MT_CLINICAL] = t3 - t2;
+  forward_fusion(m, in, eta);
+  m->t_fwd[PS_MT_FUSION] = omp_get_wtime() - t3;
+  return PS_OK;
+}
+
+// ---- backward ---------------------------------------------------------------------------------------
+static void ready(ps_model *m, ps_grad_ready_fn hook, void *ctx, int first_param) {
+  if (hook) hook(ctx, m->params.p[first_param].offset);
+}
+
+static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t B = m->B, D = c->d, A = c->attn_hidden, nt = m->n_t;
+  double t0 = omp_get_wtime();
+  memset(m->s_gh, 0, (size_t)(nt * D) * sizeof(float));
+  ps_nn_gattn_backward(m->s_gh, PG(m->gv), PG(m->gbv), PG(m->gu), PG(m->gbu), PG(m->gw), m->s_gout, &m->s_att, m->s_h,
+                       PD(m->gv), PD(m->gu), PD(m->gw), m->s_off, B, D, A, m->s_gattn_scratch);
+  ready(m, hook, hctx, m->grp_gattn);
+  if (c->slide_mode == PS_SLIDE_FEATURES) {
+    ps_nn_linear_backward(NULL, PG(m->projw), PG(m->projb), m->s_gh, m->s_x0, PD(m->projw), m->s_h, NULL, nt,
+                          c->feat_dim, D, PS_NN_ACT_RELU);
+    ready(m, hook, hctx, m->grp_proj);
+    m->t_bwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t0;
+    return PS_OK;
+  }
+  const int64_t S = c->tile_size;
+  int64_t hs[3] = {S, S / 2, S / 4};
+  int64_t cins[3] = {3, c->cnn_ch[0], c->cnn_ch[1]};
+  // dpool of block 3 from the global average pool.
+  float *dp = m->s_gpa, *dnext = m->s_gpb;
+  memset(dp, 0, (size_t)(nt * D * (S / 8) * (S / 8)) * sizeof(float));
+  ps_nn_avgpool_backward(dp, m->s_gh, nt, D, (S / 8) * (S / 8));
+  m->t_bwd[PS_MT_TILE_HEAD] = omp_get_wtime() - t0;
+  ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
+  for (int i = 2; i >= 0; i--) {
+    double t1 = omp_get_wtime();
+    ps_nn_convblock_dims d = {nt, cins[i], c->cnn_ch[i], hs[i], hs[i]};
+    float *din = NULL;
+    if (i > 0) {
+      din = dnext;
+      memset(din, 0, (size_t)(nt * cins[i] * hs[i] * hs[i]) * sizeof(float));
+    }
+    PS_TRY(ps_nn_convblock_backward(din, PG(m->convw[i]), PG(m->bng[i]), PG(m->bnb[i]), m->s_gz, dp, m->s_am[i],
+                                    m->s_z[i], m->s_mean[i], m->s_rstd[i], i ? m->s_p[i - 1] : m->s_x0,
+                                    PD(m->convw[i]), PD(m->bng[i]), PD(m->bnb[i]), &d, &bo, &m->s_scr));
+    ready(m, hook, hctx, m->grp_conv[i]);
+    float *tmp = dp;
+    dp = dnext;
+    dnext = tmp;
+    m->t_bwd[PS_MT_CONV1 + i] = omp_get_wtime() - t1;
+  }
+  return PS_OK;
+}
+
+static void backward_omics(ps_model *m, float lambda, ps_grad_ready_fn hook, void *hctx) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t n = m->n_o, G = c->genes, HA = c->ae_hidden, D = c->d;
+  if (n > 0) {
+    double norm = m->recon_norm_set ? m->recon_norm : (double)(n * G);
+    float s = (float)(2.0 * lambda / norm);
+    for (int64_t i = 0; i < n * G; i++) m->o_grec[i] = s * (m->o_rec[i] - m->o_x[i]);
+    memset(m->o_ghd, 0, (size_t)(n * HA) * sizeof(float));
+    ps_nn_linear_backward(m->o_ghd, PG(m->dec2w), PG(m->dec2b), m->o_grec, m->o_hd, PD(m->dec2w), NULL, NULL, n, HA, G,
+                          PS_NN_ACT_NONE);
+    ps_nn_linear_backward(m->o_gz, PG(m->dec1w), PG(m->dec1b), m->o_ghd, m->o_z, PD(m->dec1w), m->o_hd, NULL, n, D,
+                          HA, PS_NN_ACT_RELU);
+  }
+  ready(m, hook, hctx, m->grp_omics_dec);
+  if (n > 0) {
+    memset(m->o_gh1d, 0, (size_t)(n * HA) * sizeof(float));
+    ps_nn_linear_backward(m->o_gh1d, PG(m->enc2w), PG(m->enc2b), m->o_gz, m->o_h1d, PD(m->enc2w), NULL, NULL, n, HA, D,
+                          PS_NN_ACT_NONE);
+    memset(m->o_gh1, 0, (size_t)(n * HA) * sizeof(float));
+    float p = (m->training && c->ae_dropout > 0) ? c->ae_dropout : 0.0f;
+    ps_nn_dropout_backward(m->o_gh1, m->o_gh1d, m->o_mask, p, n, HA);
+    ps_nn_linear_backward(NULL, PG(m->enc1w), PG(m->enc1b), m->o_gh1, m->o_xn, PD(m->enc1w), m->o_h1, NULL, n, G, HA,
+                          PS_NN_ACT_RELU);
+  }
+  ready(m, hook, hctx, m->grp_omics_enc);
+}
+
+ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hctx) {
+  const ps_model_config *c = &m->cfg;
+  const int64_t B = m->B, M = m->M, D = c->d;
+  memset(m->t_bwd, 0, sizeof m->t_bwd);
+  double t0 = omp_get_wtime();
+  // head + mean pool
+  float *gy = m->f_ga, *gx = m->f_gb;
+  const float *hw = PD(m->headw);
+  float *ghw = PG(m->headw), *ghb = PG(m->headb);
+  memset(gy, 0, (size_t)(B * M * D) * sizeof(float));
+  for (int64_t b = 0; b < B; b++) {
+    int np = 0;
+    for (int64_t t = 0; t < M; t++) np += m->f_mask[b * M + t];
+    ghb[0] += deta[b];
+    for (int64_t j = 0; j < D; j++) ghw[j] += deta[b] * m->f_pool[b * D + j];
+    for (int64_t t = 0; t < M; t++)
+      if (m->f_mask[b * M + t])
+        for (int64_t j = 0; j < D; j++) gy[(b * M + t) * D + j] = deta[b] * hw[j] / (float)np;
+  }
+  ready(m, hook, hctx, m->grp_head);
+  ps_nn_mhsa_dims md = {B, M, D, c->heads, c->ff_hidden};
+  for (int l = c->fusion_layers - 1; l >= 0; l--) {
+    ps_nn_mhsa_params p;
+    ps_nn_mhsa_grads g;
+    mhsa_params_of(m, l, &p);
+    mhsa_grads_of(m, l, &g);
+    memset(gx, 0, (size_t)(B * M * D) * sizeof(float));
+    ps_nn_mhsa_backward(gx, &g, gy, &m->f_cache[l], m->f_x[l], m->f_mask, &p, &md, m->f_scratch);
+    ready(m, hook, hctx, m->grp_fusion[l]);
+    float *tmp = gy;
+    gy = gx;
+    gx = tmp;
+  }
+  // gy now holds d(tokens): modality embedding and the per-modality embeddings.
+  float *gemb = PG(m->emb);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < M; t++)
+      if (m->f_mask[b * M + t])
+        for (int64_t j = 0; j < D; j++) gemb[t * D + j] += gy[(b * M + t) * D + j];
+  ready(m, hook, hctx, m->grp_emb);
+  m->t_bwd[PS_MT_FUSION] = omp_get_wtime() - t0;
+  if (c->use[PS_NN_CLINICAL]) {
+    double t1 = omp_get_wtime();
+    int t = m->tok[PS_NN_CLINICAL];
+    const int64_t n = m->n_c, HC = c->clinical_hidden;
+    for (int64_t r = 0; r < n; r++) memcpy(m->c_gz + r * D, gy + (m->c_rows[r] * M + t) * D, (size_t)D * sizeof(float));
+    memset(m->c_gh, 0, (size_t)(n * HC) * sizeof(float));
+    ps_nn_linear_backward(m->c_gh, PG(m->c2w), PG(m->c2b), m->c_gz, m->c_h, PD(m->c2w), NULL, NULL, n, HC, D,
+                          PS_NN_ACT_NONE);
+    ps_nn_linear_backward(NULL, PG(m->c1w), PG(m->c1b), m->c_gh, m->c_x, PD(m->c1w), m->c_h, NULL, n, c->clinical, HC,
+                          PS_NN_ACT_RELU);
+    ready(m, hook, hctx, m->grp_clin);
+    m->t_bwd[PS_MT_CLINICAL] = omp_get_wtime() - t1;
+  }
+  if (c->use[PS_NN_SLIDE]) {
+    int t = m->tok[PS_NN_SLIDE];
+    for (int64_t b = 0; b < B; b++) memcpy(m->s_gout + b * D, gy + (b * M + t) * D, (size_t)D * sizeof(float));
+    PS_TRY(backward_slide(m, hook, hctx));
+  }
+  if (c->use[PS_NN_OMICS]) {
+    double t1 = omp_get_wtime();
+    int t = m->tok[PS_NN_OMICS];
+    for (int64_t r = 0; r < m->n_o; r++)
+      memcpy(m->o_gz + r * D, gy + (m->o_rows[r] * M + t) * D, (size_t)D * sizeof(float));
+    backward_omics(m, lambda_recon, hook, hctx);
+    m->t_bwd[PS_MT_OMICS] = omp_get_wtime() - t1;
+  }
+  return PS_OK;
+}
