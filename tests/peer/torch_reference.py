@@ -10,7 +10,7 @@ Reference model (defaults; every size is an option):
   MIL           gated attention (Ilse et al. 2018), hidden 64 (w without bias), softmax over valid tiles
   clinical MLP  12 -> 64 -> D
   fusion        modality token + learned modality embedding; 1 post-norm transformer layer
-                (4-head self-attention + key-padding mask, feed-forward D -> 256 -> D,
+                (4-head self-attention + key-padding mask, feed-forward D -> 256 (GELU tanh) -> D,
                 residual + LayerNorm, no dropout), mean over present tokens, Linear D -> 1 = eta
   loss          Efron Cox partial likelihood over the global batch (mean over events)
                 + 0.1 * MSE(reconstruction) over patients with omics
@@ -27,6 +27,7 @@ Prints one line `<N> patients/s` (median over the timed steps), like pansurv, or
 JSON object with --json. --check-efron compares the Efron loss with R's survival::coxph.
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -206,8 +207,9 @@ class Fusion(nn.Module):
     def __init__(self, dim, heads, ff, p, n_mod=3):
         super().__init__()
         self.mod_emb = nn.Parameter(torch.randn(n_mod, dim) * 0.02)
-        # post-norm, ReLU feed-forward; no dropout in the fusion (pansurv has dropout in the AE only)
-        self.layer = nn.TransformerEncoderLayer(dim, heads, ff, p, batch_first=True)
+        # post-norm, GELU (tanh form) feed-forward; no dropout in the fusion (pansurv: AE only)
+        self.layer = nn.TransformerEncoderLayer(dim, heads, ff, p, activation=functools.partial(F.gelu, approximate="tanh"),
+                                                batch_first=True)
         self.head = nn.Linear(dim, 1)
 
     def forward(self, tokens, present):  # tokens [P, M, D], present [P, M] bool
