@@ -20,12 +20,13 @@
 #   PANSURV_BIN=PATH: time that pansurv binary instead of building this tree.
 #   --quick: 2 reps, batch 8 x 4 tiles (a smoke run; figures not comparable).
 #   --ablation: also time the pip PyTorch at 1 thread (setting 'unset') without
-#     channels_last and/or without the malloc settings, to show its settings are its best.
+#     channels_last and/or without the malloc settings, to show its settings are its best
+#     (--ablation-reps N repetitions, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-reps=5 steps=2 warmup=1 settings="unset haswell" threads="1 2" debian=1 quick=0 out="" ablation=0
+reps=5 steps=2 warmup=1 settings="unset haswell" threads="1 2" debian=1 quick=0 out="" ablation=0 abl_reps=3
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) reps=$2; shift 2 ;;
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
     --no-debian) debian=0; shift ;;
     --quick) quick=1; reps=2; shift ;;
     --ablation) ablation=1; shift ;;
+    --ablation-reps) abl_reps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
     *) echo "bench-peer.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -181,10 +183,10 @@ for s in $settings; do
 done
 if [ "$ablation" = 1 ]; then
   say ""
-  say "== PyTorch (pip) settings ablation, 1 thread, OpenBLAS setting 'unset', $reps reps alternating"
+  say "== PyTorch (pip) settings ablation, 1 thread, OpenBLAS setting 'unset', $abl_reps reps alternating"
   variants=("best:" "no-channels-last:--no-channels-last" "no-malloc-env:--no-malloc-env"
             "neither:--no-channels-last --no-malloc-env")
-  for r in $(seq 1 "$reps"); do
+  for r in $(seq 1 "$abl_reps"); do
     for v in "${variants[@]}"; do
       pre=$out/ablation-${v%%:*}-$r
       # shellcheck disable=SC2086
