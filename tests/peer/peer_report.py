@@ -68,6 +68,14 @@ def main(d):
         cs = f"{c['gflops_median']:.0f} ({c['openblas_core']})" if c else "-"
         print(f"| {s} | {t} | {who}{' (' + info + ')' if info else ''} | {cfg} | {batch} | {med:.2f} | {min(pps):.2f}-{max(pps):.2f} | "
               f"{len(pps)} | {gfs:.1f} | {pct} | {cs} | {statistics.median(rss) / 1024:.0f} |")
+    for s_, t_, who, cfg, pps, rss, batch, g, info in rows:
+        if who == "pansurv" and pps:
+            first = sorted(glob.glob(os.path.join(d, f"pansurv-{s_}-{t_}-{cfg.split()[0]}x{cfg.split()[3]}-*.out")))
+            if first:
+                print(f"\npansurv breakdown, OpenBLAS {s_}, {cfg}, repetition 1 (`pansurv bench model` output):\n")
+                print("```")
+                print(open(first[0]).read().rstrip())
+                print("```")
     abl = {}
     for p in glob.glob(os.path.join(d, "ablation-*.ps")):
         m = re.match(r"ablation-([\w-]+)-(\d+)\.ps$", os.path.basename(p))
