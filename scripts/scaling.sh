@@ -83,6 +83,8 @@ for mode in weak strong; do
     if [ "$mode" = weak ]; then g=$((prb * r)); else g=64; fi
     name=$mode-np$r
     launch=(mpirun --oversubscribe -np "$r" -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1)
+    # more ranks than cores: waiting ranks must yield the core instead of busy-polling it
+    [ "$r" -gt "$(nproc)" ] && launch+=(--mca mpi_yield_when_idle 1)
     if [ "$method" = train ]; then
       "${launch[@]}" "$pansurv" train "$config" --set train.global_batch="$g" --set train.max_steps="$steps" \
         --set train.threads=1 --set log.run_dir="$out/runs" --set log.name="$name" --set log.every_steps=1 \
