@@ -7,13 +7,11 @@
 
 #include "ps_ops.h"
 
-// All non-NULL tensors of one call must share a device. CUDA tensors report
-// PS_ERR_UNSUPPORTED until the CUDA backend lands; returns PS_OK for CPU.
+// All non-NULL tensors of one call must share a device; PS_OK for CPU tensors
+// (called by ps_ops_device_of for calls that are not all on cuda).
 ps_status ps_ops_device_check(const char *op, const char *file, int line, int n, const ps_tensor *const *ts);
 #define PS_OPS_TENSORS_(...) (const ps_tensor *const[]){__VA_ARGS__}
 #define PS_OPS_NTENSORS_(...) ((int)(sizeof(PS_OPS_TENSORS_(__VA_ARGS__)) / sizeof(const ps_tensor *)))
-#define PS_OPS_CPU(op, ...)                                                                        \
-  PS_TRY(ps_ops_device_check(op, __FILE__, __LINE__, PS_OPS_NTENSORS_(__VA_ARGS__), PS_OPS_TENSORS_(__VA_ARGS__)))
 
 // Ops with a CUDA implementation: PS_OPS_DEVICE(op, tensors...) at the top
 // declares ps_dev_ (the call's device; CUDA only when built with CUDA, a device
