@@ -17,6 +17,7 @@
 
 #include "ps_checkpoint.h" // ps_crc32
 #include "ps_ckpt_files.h"
+#include "ps_h5.h"
 #include "ps_rng.h"
 #include "ps_train.h"
 
@@ -148,27 +149,6 @@ static herr_t write_dataset(hid_t file, const char *name, hid_t type, hsize_t n,
   return r;
 }
 
-static herr_t write_attr_i64(hid_t obj, const char *name, int64_t v) {
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, H5T_NATIVE_INT64, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return r;
-}
-
-static herr_t write_attr_str(hid_t obj, const char *name, const char *v) {
-  hid_t ty = H5Tcopy(H5T_C_S1);
-  H5Tset_size(ty, strlen(v) + 1);
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, ty, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t r = a < 0 ? -1 : H5Awrite(a, ty, v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  H5Tclose(ty);
-  return r;
-}
-
 static ps_status toy_save(void *w, const ps_train_state *ts, const char *config_text, const char *path) {
   toy *t = w;
   ps_status s = PS_OK;
@@ -181,12 +161,12 @@ static ps_status toy_save(void *w, const ps_train_state *ts, const char *config_
   H5_OK(write_dataset(f, "counters", H5T_NATIVE_INT64, 4, counters), "writing /counters");
   H5_OK(write_dataset(f, "scores", H5T_NATIVE_DOUBLE, 2, scores), "writing /scores");
   H5_OK(write_dataset(f, "bad_epochs", H5T_NATIVE_INT64, 1, &ts->bad_epochs), "writing /bad_epochs");
-  H5_OK(write_attr_str(f, "config", config_text), "writing the config attribute");
-  H5_OK(write_attr_str(f, "magic", toy_magic), "writing magic");
-  H5_OK(write_attr_i64(f, "version", TOY_VERSION), "writing version");
-  H5_OK(write_attr_i64(f, "parameters", TOY_P), "writing parameters");
-  H5_OK(write_attr_i64(f, "world_size", ps_comm_size(t->comm)), "writing world_size");
-  H5_OK(write_attr_i64(f, "crc32", state_crc(t->params, t->velocity, counters, scores)), "writing crc32");
+  H5_OK(ps_h5_write_attr_str(f, "config", config_text), "writing the config attribute");
+  H5_OK(ps_h5_write_attr_str(f, "magic", toy_magic), "writing magic");
+  H5_OK(ps_h5_write_attr_i64(f, "version", TOY_VERSION), "writing version");
+  H5_OK(ps_h5_write_attr_i64(f, "parameters", TOY_P), "writing parameters");
+  H5_OK(ps_h5_write_attr_i64(f, "world_size", ps_comm_size(t->comm)), "writing world_size");
+  H5_OK(ps_h5_write_attr_i64(f, "crc32", state_crc(t->params, t->velocity, counters, scores)), "writing crc32");
 done:
   if (H5Fclose(f) < 0 && s == PS_OK) s = ps_error_set(PS_ERR_HDF5, __FILE__, __LINE__, "%s: closing failed", path);
   return s;
@@ -205,27 +185,6 @@ static herr_t read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, 
   return r;
 }
 
-static herr_t read_attr_i64(hid_t obj, const char *name, int64_t *v) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  herr_t r = H5Aread(a, H5T_NATIVE_INT64, v);
-  H5Aclose(a);
-  return r;
-}
-
-static herr_t read_attr_str(hid_t obj, const char *name, char *buf, size_t len) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t ty = H5Tcopy(H5T_C_S1);
-  H5Tset_size(ty, len);
-  memset(buf, 0, len);
-  herr_t r = H5Aread(a, ty, buf);
-  buf[len - 1] = '\0';
-  H5Tclose(ty);
-  H5Aclose(a);
-  return r;
-}
-
 // Reads and checks a whole toy checkpoint into caller buffers.
 static ps_status toy_read(const char *path, float *params, float *velocity, int64_t *counters, double *scores,
                           int64_t *bad_epochs) {
@@ -233,20 +192,22 @@ static ps_status toy_read(const char *path, float *params, float *velocity, int6
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // our messages say what is wrong; no HDF5 stack dumps
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (f < 0) PS_FAIL(PS_ERR_FORMAT, "%s: not a readable HDF5 file (truncated or corrupt?)", path);
-  char magic[64];
   int64_t version = 0, np = 0, crc = 0;
-  if (read_attr_str(f, "magic", magic, sizeof magic) < 0 || strcmp(magic, toy_magic)) {
+  char *magic = ps_h5_read_attr_str(f, "magic");
+  bool magic_ok = magic && !strcmp(magic, toy_magic);
+  free(magic);
+  if (!magic_ok) {
     s = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "%s: not a toy-workload checkpoint (magic attribute missing or "
                      "different: written by another model or program?)", path);
     goto done;
   }
-  H5_OK(read_attr_i64(f, "version", &version), "reading version");
+  H5_OK(ps_h5_read_attr_i64(f, "version", &version), "reading version");
   if (version != TOY_VERSION) {
     s = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "%s: toy checkpoint version %lld, this pansurv reads %d", path,
                      (long long)version, TOY_VERSION);
     goto done;
   }
-  H5_OK(read_attr_i64(f, "parameters", &np), "reading parameters");
+  H5_OK(ps_h5_read_attr_i64(f, "parameters", &np), "reading parameters");
   if (np != TOY_P) {
     s = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "%s: %lld parameters, the toy model has %d", path, (long long)np,
                      TOY_P);
@@ -257,7 +218,7 @@ static ps_status toy_read(const char *path, float *params, float *velocity, int6
   H5_OK(read_dataset(f, "counters", H5T_NATIVE_INT64, 4, counters), "reading /counters");
   H5_OK(read_dataset(f, "scores", H5T_NATIVE_DOUBLE, 2, scores), "reading /scores");
   H5_OK(read_dataset(f, "bad_epochs", H5T_NATIVE_INT64, 1, bad_epochs), "reading /bad_epochs");
-  H5_OK(read_attr_i64(f, "crc32", &crc), "reading crc32");
+  H5_OK(ps_h5_read_attr_i64(f, "crc32", &crc), "reading crc32");
   uint32_t want = state_crc(params, velocity, counters, scores);
   if ((uint32_t)crc != want)
     s = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "%s: checksum mismatch (stored %08x, computed %08x): the file "

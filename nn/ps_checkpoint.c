@@ -1,4 +1,5 @@
 #include "ps_checkpoint.h"
+#include "ps_h5.h"
 
 #include <hdf5.h>
 #include <stdio.h>
@@ -41,69 +42,6 @@ uint32_t ps_checkpoint_param_crc(const ps_param_table *t) {
     }                                                                                                      \
   } while (0)
 
-static herr_t write_attr_str(hid_t obj, const char *name, const char *val) {
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, strlen(val) ? strlen(val) : 1);
-  H5Tset_strpad(t, H5T_STR_NULLTERM);
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t r = a < 0 ? -1 : H5Awrite(a, t, strlen(val) ? val : "");
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  H5Tclose(t);
-  return r;
-}
-
-static herr_t write_attr_i64(hid_t obj, const char *name, int64_t v) {
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_INT64, &v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return r;
-}
-
-static herr_t write_attr_u64(hid_t obj, const char *name, uint64_t v) {
-  hid_t sp = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, H5T_STD_U64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t r = a < 0 ? -1 : H5Awrite(a, H5T_NATIVE_UINT64, &v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return r;
-}
-
-// Reads a string attribute into a malloc'd buffer (NULL on failure).
-static char *read_attr_str(hid_t obj, const char *name) {
-  if (H5Aexists(obj, name) <= 0) return NULL;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  if (a < 0) return NULL;
-  hid_t ft = H5Aget_type(a);
-  char *s = NULL;
-  if (H5Tget_class(ft) == H5T_STRING && !H5Tis_variable_str(ft)) {
-    size_t n = H5Tget_size(ft);
-    hid_t mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, n + 1);
-    s = calloc(n + 2, 1);
-    if (s && H5Aread(a, mt, s) < 0) {
-      free(s);
-      s = NULL;
-    }
-    H5Tclose(mt);
-  }
-  H5Tclose(ft);
-  H5Aclose(a);
-  return s;
-}
-
-static herr_t read_attr_i64(hid_t obj, const char *name, int64_t *v) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  if (a < 0) return -1;
-  herr_t r = H5Aread(a, H5T_NATIVE_INT64, v);
-  H5Aclose(a);
-  return r;
-}
-
 static herr_t write_dataset(hid_t grp, const char *name, const float *data, int ndim, const int64_t *shape) {
   hsize_t dims[PS_MAX_DIMS];
   for (int d = 0; d < ndim; d++) dims[d] = (hsize_t)shape[d];
@@ -133,7 +71,7 @@ static ps_status write_table(hid_t file, const char *gname, const ps_param_table
     H5_OK(write_dataset(g, t->p[i].name, t->data + t->p[i].offset, t->p[i].ndim, t->p[i].shape),
           "checkpoint %s: cannot write %s/%s", path, gname, t->p[i].name);
   }
-  H5_OK(write_attr_str(g, "order", order), "checkpoint %s: cannot write %s order", path, gname);
+  H5_OK(ps_h5_write_attr_str(g, "order", order), "checkpoint %s: cannot write %s order", path, gname);
 done:
   free(order);
   if (g >= 0) H5Gclose(g);
@@ -153,17 +91,17 @@ ps_status ps_checkpoint_write(const char *path, ps_model *m, const ps_optim *opt
     st = ps_error_set(PS_ERR_IO, __FILE__, __LINE__, "checkpoint %s: cannot create the file", path);
     goto done;
   }
-  H5_OK(write_attr_str(f, "magic", PS_CHECKPOINT_MAGIC), "checkpoint %s: cannot write magic", path);
-  H5_OK(write_attr_i64(f, "format_version", PS_CHECKPOINT_VERSION), "checkpoint %s: cannot write version", path);
-  H5_OK(write_attr_i64(f, "param_crc32", ps_checkpoint_param_crc(pt)), "checkpoint %s: cannot write crc", path);
-  H5_OK(write_attr_str(f, "pansurv_version", PANSURV_VERSION), "checkpoint %s: cannot write version", path);
+  H5_OK(ps_h5_write_attr_str(f, "magic", PS_CHECKPOINT_MAGIC), "checkpoint %s: cannot write magic", path);
+  H5_OK(ps_h5_write_attr_i64(f, "format_version", PS_CHECKPOINT_VERSION), "checkpoint %s: cannot write version", path);
+  H5_OK(ps_h5_write_attr_i64(f, "param_crc32", ps_checkpoint_param_crc(pt)), "checkpoint %s: cannot write crc", path);
+  H5_OK(ps_h5_write_attr_str(f, "pansurv_version", PANSURV_VERSION), "checkpoint %s: cannot write version", path);
   if ((st = write_table(f, "params", pt, path)) != PS_OK) goto done;
   if ((st = write_table(f, "buffers", bt, path)) != PS_OK) goto done;
   if (opt) {
     g = H5Gcreate2(f, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     H5_OK(g, "checkpoint %s: cannot create /optimizer", path);
-    H5_OK(write_attr_str(g, "kind", ps_optim_kind_name(opt->cfg.kind)), "checkpoint %s: optimizer kind", path);
-    H5_OK(write_attr_i64(g, "step", opt->step), "checkpoint %s: optimizer step", path);
+    H5_OK(ps_h5_write_attr_str(g, "kind", ps_optim_kind_name(opt->cfg.kind)), "checkpoint %s: optimizer kind", path);
+    H5_OK(ps_h5_write_attr_i64(g, "step", opt->step), "checkpoint %s: optimizer step", path);
     H5_OK(write_dataset(g, "m", opt->m, 1, &opt->n), "checkpoint %s: cannot write /optimizer/m", path);
     H5_OK(write_dataset(g, "v", opt->v, 1, &opt->n), "checkpoint %s: cannot write /optimizer/v", path);
     H5Gclose(g);
@@ -173,10 +111,10 @@ ps_status ps_checkpoint_write(const char *path, ps_model *m, const ps_optim *opt
   if (!state) state = &zero;
   g = H5Gcreate2(f, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   H5_OK(g, "checkpoint %s: cannot create /state", path);
-  H5_OK(write_attr_i64(g, "step", state->step), "checkpoint %s: /state step", path);
-  H5_OK(write_attr_i64(g, "epoch", state->epoch), "checkpoint %s: /state epoch", path);
-  H5_OK(write_attr_u64(g, "rng_seed", state->rng_seed), "checkpoint %s: /state rng_seed", path);
-  H5_OK(write_attr_i64(g, "loader_position", state->loader_position), "checkpoint %s: /state loader", path);
+  H5_OK(ps_h5_write_attr_i64(g, "step", state->step), "checkpoint %s: /state step", path);
+  H5_OK(ps_h5_write_attr_i64(g, "epoch", state->epoch), "checkpoint %s: /state epoch", path);
+  H5_OK(ps_h5_write_attr_u64(g, "rng_seed", state->rng_seed), "checkpoint %s: /state rng_seed", path);
+  H5_OK(ps_h5_write_attr_i64(g, "loader_position", state->loader_position), "checkpoint %s: /state loader", path);
   H5Gclose(g);
   g = H5Gcreate2(f, "normalization", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   H5_OK(g, "checkpoint %s: cannot create /normalization", path);
@@ -213,9 +151,9 @@ done:
 static ps_status open_checked(const char *path, hid_t *out) {
   *out = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
   if (*out < 0) PS_FAIL(PS_ERR_IO, "checkpoint %s: cannot open (missing or not an HDF5 file)", path);
-  char *magic = read_attr_str(*out, "magic");
+  char *magic = ps_h5_read_attr_str(*out, "magic");
   int64_t ver = -1;
-  read_attr_i64(*out, "format_version", &ver);
+  ps_h5_read_attr_i64(*out, "format_version", &ver);
   bool ok = magic && !strcmp(magic, PS_CHECKPOINT_MAGIC);
   free(magic);
   if (!ok) {
@@ -277,7 +215,7 @@ static ps_status read_table(hid_t f, const char *gname, const ps_param_table *t,
   for (int i = 0; i < t->count && st == PS_OK; i++)
     st = read_param(g, gname, t->p[i].name, t->p[i].ndim, t->p[i].shape, dst + t->p[i].offset, path);
   if (st == PS_OK) {
-    char *order = read_attr_str(g, "order");
+    char *order = ps_h5_read_attr_str(g, "order");
     int n = count_lines(order);
     if (n != t->count) {
       // Name the first entry of the file the model does not know.
@@ -327,7 +265,7 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
   if ((st = read_table(f, "buffers", bt, nb, path)) != PS_OK) goto done;
   {
     int64_t crc = -1;
-    read_attr_i64(f, "param_crc32", &crc);
+    ps_h5_read_attr_i64(f, "param_crc32", &crc);
     ps_param_table tmp = *pt;
     tmp.data = np;
     uint32_t have = ps_checkpoint_param_crc(&tmp);
@@ -344,7 +282,7 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "checkpoint %s: no /optimizer state to resume from", path);
       goto done;
     }
-    char *kind = read_attr_str(g, "kind");
+    char *kind = ps_h5_read_attr_str(g, "kind");
     bool same = kind && !strcmp(kind, ps_optim_kind_name(opt->cfg.kind));
     if (!same)
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "checkpoint %s: optimizer is '%s', the run uses '%s'", path,
@@ -355,7 +293,7 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
     if (st == PS_OK && (!om || !ov)) st = ps_error_set(PS_ERR_MEM, __FILE__, __LINE__, "checkpoint: out of memory");
     if (st == PS_OK) st = read_param(g, "optimizer", "m", 1, &opt->n, om, path);
     if (st == PS_OK) st = read_param(g, "optimizer", "v", 1, &opt->n, ov, path);
-    if (st == PS_OK && read_attr_i64(g, "step", &ostep) < 0)
+    if (st == PS_OK && ps_h5_read_attr_i64(g, "step", &ostep) < 0)
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "checkpoint %s: /optimizer has no step", path);
     H5Gclose(g);
     if (st != PS_OK) goto done;
@@ -363,8 +301,8 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
   if (state) {
     hid_t g = H5Gopen2(f, "state", H5P_DEFAULT);
     int64_t seed = 0;
-    if (g < 0 || read_attr_i64(g, "step", &state->step) < 0 || read_attr_i64(g, "epoch", &state->epoch) < 0 ||
-        read_attr_i64(g, "loader_position", &state->loader_position) < 0 || read_attr_i64(g, "rng_seed", &seed) < 0)
+    if (g < 0 || ps_h5_read_attr_i64(g, "step", &state->step) < 0 || ps_h5_read_attr_i64(g, "epoch", &state->epoch) < 0 ||
+        ps_h5_read_attr_i64(g, "loader_position", &state->loader_position) < 0 || ps_h5_read_attr_i64(g, "rng_seed", &seed) < 0)
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__, "checkpoint %s: /state incomplete", path);
     state->rng_seed = (uint64_t)seed;
     if (g >= 0) H5Gclose(g);
@@ -399,7 +337,7 @@ ps_status ps_checkpoint_verify(const char *path, uint32_t *crc_out) {
     return st;
   }
   hid_t g = H5Gopen2(f, "params", H5P_DEFAULT);
-  char *order = g >= 0 ? read_attr_str(g, "order") : NULL;
+  char *order = g >= 0 ? ps_h5_read_attr_str(g, "order") : NULL;
   uint32_t crc = 0;
   float *buf = NULL;
   if (!order) {
@@ -431,7 +369,7 @@ ps_status ps_checkpoint_verify(const char *path, uint32_t *crc_out) {
   }
   {
     int64_t stored = -1;
-    read_attr_i64(f, "param_crc32", &stored);
+    ps_h5_read_attr_i64(f, "param_crc32", &stored);
     if (stored < 0 || (uint32_t)stored != crc)
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__,
                         "checkpoint %s: parameter CRC-32 %08x does not match the stored %08x (file corrupted)", path,
