@@ -330,6 +330,22 @@ static double measure_ceiling(double *ts, int iters, int warmup) {
 static const char *const kernel_names[] = {"auto", "blas", "avx512"};
 _Static_assert(sizeof kernel_names / sizeof kernel_names[0] == PS_CONV_KERNEL_COUNT, "conv kernel names");
 
+// --conv-path: the conv lowering or the direct kernels (forward and weight gradient of
+// few-channel 3x3 convs); "compare" times im2col and direct alternately, iteration by iteration.
+static const char *const path_names[] = {"auto", "im2col", "direct", "direct_c"};
+_Static_assert(sizeof path_names / sizeof path_names[0] == PS_CONV_PATH_COUNT, "conv path names");
+enum { PATH_COMPARE = PS_CONV_PATH_COUNT };
+
+static bool parse_path(const char *s, int *p) {
+  for (int i = 0; i < PS_CONV_PATH_COUNT; i++)
+    if (!strcmp(s, path_names[i])) {
+      *p = i;
+      return true;
+    }
+  if (!strcmp(s, "compare")) *p = PATH_COMPARE;
+  return !strcmp(s, "compare");
+}
+
 static bool parse_kernel(const char *s, ps_conv_kernel *k) {
   for (int i = 0; i < PS_CONV_KERNEL_COUNT; i++)
     if (!strcmp(s, kernel_names[i])) {
@@ -341,12 +357,15 @@ static bool parse_kernel(const char *s, ps_conv_kernel *k) {
 
 static int usage(FILE *f) {
   fprintf(f, "usage: pansurv bench gemm [--iters N] [--warmup N] [--threads T] [--batch B] [--conv-only]\n"
-             "                          [--conv-kernel auto|blas|avx512] [--clock wall|cpu]\n"
+             "                          [--conv-kernel auto|blas|avx512] [--conv-path P] [--clock wall|cpu]\n"
              "  GFLOP/s of ps_gemm, ps_linear_forward and ps_conv2d_forward next to raw cblas_sgemm of the\n"
              "  equivalent GEMM; median of N timed iterations after the warm-up; exits 1 if a value is wrong.\n"
              "  --threads T sets OpenMP and OpenBLAS threads for both sides (default: as the environment says).\n"
              "  --batch B: tiles per conv case (default 64; a training step of the reference model has 1024).\n"
              "  --conv-kernel auto|blas|avx512: the GEMM of the conv weight gradient (default auto: per shape).\n"
+             "  --conv-path auto|im2col|direct|direct_c|compare: im2col lowering or direct kernels for the\n"
+             "  forward and weight gradient of 3x3 convs with <= 4 input channels (default auto: direct with\n"
+             "  AVX-512F); compare: im2col and direct alternately per iteration, one row each (path column).\n"
              "  --clock cpu: time by the calling thread's CPU time (with --threads 1, for a shared machine;\n"
              "  default wall).\n"
              "  --conv-only: skip the GEMM and linear rows. %%ceil is GFLOP/s over the ceiling: a raw 1024^3\n"
@@ -366,6 +385,7 @@ int ps_bench_gemm(int argc, char **argv) {
   int iters = 20, warmup = 3, threads = 0, batch = 64;
   bool conv_only = false;
   ps_conv_kernel kernel = PS_CONV_KERNEL_AUTO;
+  int path = PS_CONV_PATH_AUTO;
   for (int i = 1; i < argc; i++) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout);
@@ -379,6 +399,7 @@ int ps_bench_gemm(int argc, char **argv) {
       i++;
     }
     else if (!strcmp(argv[i], "--conv-kernel") && v && parse_kernel(v, &kernel)) i++;
+    else if (!strcmp(argv[i], "--conv-path") && v && parse_path(v, &path)) i++;
     else {
       fprintf(stderr, "pansurv bench gemm: bad argument '%s'%s%s\n", argv[i], v ? " " : "", v ? v : "");
       return usage(stderr);
@@ -402,19 +423,24 @@ int ps_bench_gemm(int argc, char **argv) {
   printf("# pansurv bench gemm: %d threads (OpenMP; raw sgemm: OpenBLAS threads), %s, OPENBLAS_CORETYPE=%s "
          "OPENBLAS_L2_SIZE=%s\n",
          ps_ops_get_threads(), openblas_get_config(), core ? core : "(unset)", l2 ? l2 : "(unset)");
-  printf("# conv kernel: %s; clock: %s; load average at start: %s\n", kernel_names[kernel],
+  printf("# conv kernel: %s; conv path: %s; clock: %s; load average at start: %s\n", kernel_names[kernel],
+         path == PATH_COMPARE ? "compare (im2col, direct alternately)" : path_names[path],
          bench_clock == CLOCK_MONOTONIC ? "wall" : "CPU time of the calling thread", loadavg);
   printf("# warm-up %d, median of %d timed iterations; raw = cblas_sgemm of the equivalent GEMM "
          "(conv2d: the whole batch as one (OC, 9C) x (9C, B*H*W) product; conv_bwd: the dw and dcol products, "
          "din+dw+db timed)\n",
          warmup, iters);
-  double *ts = malloc((size_t)iters * sizeof(double));
-  if (!ts) return 1;
+  double *ts = malloc((size_t)iters * sizeof(double)), *ts2 = malloc((size_t)iters * sizeof(double));
+  if (!ts || !ts2) {
+    free(ts);
+    free(ts2);
+    return 1;
+  }
   double ceiling = measure_ceiling(ts, iters, warmup);
   printf("# ceiling: raw cblas_sgemm 1024x1024x1024 NN, %d OpenBLAS thread(s): %.1f GFLOP/s\n", ps_ops_get_threads(),
          ceiling);
-  printf("%-8s %-26s %12s %10s %18s %7s %6s %7s\n", "op", "shape", "time_us", "GFLOP/s", "raw_sgemm_GFLOP/s", "ratio",
-         "%ceil", "#wrong");
+  printf("%-8s %-26s %12s %10s %18s %7s %6s %7s %s\n", "op", "shape", "time_us", "GFLOP/s", "raw_sgemm_GFLOP/s",
+         "ratio", "%ceil", "#wrong", "path");
   int64_t total_wrong = 0;
   int failed = 0;
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -432,28 +458,44 @@ int ps_bench_gemm(int argc, char **argv) {
       failed = 1;
       break;
     }
+    // One path, or (compare, conv rows) im2col and direct alternately: tsp[q] holds path q's times.
+    const bool is_conv = bc.kind != BENCH_GEMM && bc.kind != BENCH_LINEAR;
+    const int npath = path == PATH_COMPARE && is_conv ? 2 : 1;
+    const int paths[2] = {path == PATH_COMPARE ? PS_CONV_PATH_IM2COL : path, PS_CONV_PATH_DIRECT};
+    double *tsp[2] = {ts, ts2};
     ps_status st = PS_OK;
-    for (int i = 0; i < warmup && st == PS_OK; i++) st = run_op(&s);
-    for (int i = 0; i < iters && st == PS_OK; i++) {
-      double t0 = now_us();
-      st = run_op(&s);
-      ts[i] = now_us() - t0;
-    }
+    for (int i = 0; i < warmup && st == PS_OK; i++)
+      for (int q = 0; q < npath && st == PS_OK; q++) {
+        ps_conv_force_path((ps_conv_path)(paths[q] == PATH_COMPARE ? PS_CONV_PATH_AUTO : paths[q]));
+        st = run_op(&s);
+      }
+    for (int i = 0; i < iters && st == PS_OK; i++)
+      for (int q = 0; q < npath && st == PS_OK; q++) {
+        ps_conv_force_path((ps_conv_path)(paths[q] == PATH_COMPARE ? PS_CONV_PATH_AUTO : paths[q]));
+        double t0 = now_us();
+        st = run_op(&s);
+        tsp[q][i] = now_us() - t0;
+      }
     if (st != PS_OK) {
       fprintf(stderr, "pansurv bench gemm: %s %s: %s\n", bench_kind_names[cases[k].kind], shape, ps_error_message());
       state_free(&s);
       failed = 1;
       continue;
     }
-    qsort(ts, (size_t)iters, sizeof(double), cmp_double);
-    double t_op = ts[iters / 2];
-    if (is_conv_bwd(cases[k].kind)) { // backward accumulates: validate one pass from zero
-      ps_tensor_zero(&s.din);
-      ps_tensor_zero(&s.dw);
-      ps_tensor_zero(&s.db);
-      st = run_op(&s);
+    double t_op[2] = {0, 0};
+    int64_t wrong[2] = {0, 0};
+    for (int q = 0; q < npath; q++) {
+      qsort(tsp[q], (size_t)iters, sizeof(double), cmp_double);
+      t_op[q] = tsp[q][iters / 2];
+      ps_conv_force_path((ps_conv_path)(paths[q] == PATH_COMPARE ? PS_CONV_PATH_AUTO : paths[q]));
+      if (is_conv_bwd(cases[k].kind)) { // backward accumulates: validate one pass from zero
+        ps_tensor_zero(&s.din);
+        ps_tensor_zero(&s.dw);
+        ps_tensor_zero(&s.db);
+      }
+      st = is_conv_bwd(cases[k].kind) || npath > 1 ? run_op(&s) : PS_OK;
+      wrong[q] = st == PS_OK ? count_wrong(&s) : 1;
     }
-    int64_t wrong = st == PS_OK ? count_wrong(&s) : 1;
     // The raw column is OpenBLAS with its own threads (its best case); the ops keep
     // OpenBLAS single-threaded and split GEMMs over OpenMP (docs/threads.md).
     openblas_set_num_threads(ps_ops_get_threads());
@@ -466,14 +508,20 @@ int ps_bench_gemm(int argc, char **argv) {
     ps_ops_set_threads(0); // back to single-threaded OpenBLAS for the next op
     qsort(ts, (size_t)iters, sizeof(double), cmp_double);
     double t_raw = ts[iters / 2];
-    double g_op = flops / t_op * 1e-3, g_raw = flops / t_raw * 1e-3;
-    printf("%-8s %-26s %12.1f %10.1f %18.1f %7.2f %5.0f%% %7lld\n", bench_kind_names[cases[k].kind], shape, t_op, g_op,
-           g_raw, g_op / g_raw, 100.0 * g_op / ceiling, (long long)wrong);
+    double g_raw = flops / t_raw * 1e-3;
+    for (int q = 0; q < npath; q++) {
+      double g_op = flops / t_op[q] * 1e-3;
+      printf("%-8s %-26s %12.1f %10.1f %18.1f %7.2f %5.0f%% %7lld %s\n", bench_kind_names[cases[k].kind], shape,
+             t_op[q], g_op, g_raw, g_op / g_raw, 100.0 * g_op / ceiling, (long long)wrong[q],
+             is_conv ? (paths[q] == PATH_COMPARE ? "compare" : path_names[paths[q]]) : "-");
+      total_wrong += wrong[q];
+    }
     fflush(stdout);
-    total_wrong += wrong;
     state_free(&s);
   }
   free(ts);
+  free(ts2);
+  ps_conv_force_path(PS_CONV_PATH_AUTO);
   if (total_wrong) fprintf(stderr, "pansurv bench gemm: %lld wrong values\n", (long long)total_wrong);
   return (failed || total_wrong) ? 1 : 0;
 }

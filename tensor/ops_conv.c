@@ -66,8 +66,28 @@ static ps_status conv_dims_of(const char *op, conv_dims *d, const ps_tensor *in,
   return PS_OK;
 }
 
-// One thread's workspace: one lowered chunk (CKK, PB), then a private dw partial (OC, CKK).
-static int64_t conv_slice_floats(const conv_dims *d) { return d->CKK * d->PB + d->OC * d->CKK; }
+// 3x3, stride 1, pad 1 with at most PS_CONV_DIRECT_CMAX input channels: the
+// direct kernels (ops_conv_direct.c) can run it without a lowered matrix.
+static bool conv_direct_eligible(const conv_dims *d) {
+  return d->C >= 1 && d->C <= PS_CONV_DIRECT_CMAX && d->KH == 3 && d->KW == 3 && d->sh == 1 && d->sw == 1 &&
+         d->ph == 1 && d->pw == 1;
+}
+
+static ps_conv_direct_dims conv_direct_dims(const conv_dims *d) {
+  return ps_conv_direct_dims_of(d->C, d->H, d->W, d->OC);
+}
+
+// One thread's workspace: one lowered chunk (CKK, PB), then a private dw
+// partial (OC, CKK); or, on the direct path, the padded image, the packed
+// weights and the dw lane partials. Sized for the larger, so a workspace
+// planned once serves whichever path runs.
+static int64_t conv_slice_floats(const conv_dims *d) {
+  int64_t lowered = d->CKK * d->PB + d->OC * d->CKK;
+  if (!conv_direct_eligible(d)) return lowered;
+  ps_conv_direct_dims dd = conv_direct_dims(d);
+  int64_t direct = ps_conv_direct_pad_floats(&dd) + ps_conv_direct_wpack_floats(&dd) + ps_conv_direct_lanes_floats(&dd);
+  return direct > lowered ? direct : lowered;
+}
 
 static int conv_plan_threads(const conv_dims *d) {
   int64_t t = ps_ops_get_threads();
@@ -210,6 +230,23 @@ static void col2im_add(float *dx, float *col, const conv_dims *d, int64_t oh0, i
 static ps_conv_kernel conv_forced = PS_CONV_KERNEL_AUTO;
 void ps_conv_force_kernel(ps_conv_kernel k) { conv_forced = k < PS_CONV_KERNEL_COUNT ? k : PS_CONV_KERNEL_AUTO; }
 
+static ps_conv_path conv_forced_path = PS_CONV_PATH_AUTO;
+void ps_conv_force_path(ps_conv_path p) { conv_forced_path = p < PS_CONV_PATH_COUNT ? p : PS_CONV_PATH_AUTO; }
+
+typedef enum { CONV_DIRECT_NONE = 0, CONV_DIRECT_AVX512, CONV_DIRECT_PORTABLE } conv_direct_kind;
+
+// The direct kernels replace the lowering for the forward and the weight
+// gradient of eligible shapes when the CPU has AVX-512F: the first layer
+// (3->32 at 64x64) ran ~2x faster than im2col + OpenBLAS (docs/conv.md). The
+// portable kernels are not chosen automatically (without AVX-512 their speed
+// against OpenBLAS is unmeasured); they are forced in tests.
+static conv_direct_kind conv_direct_for(const conv_dims *d) {
+  if (!conv_direct_eligible(d) || conv_forced_path == PS_CONV_PATH_IM2COL) return CONV_DIRECT_NONE;
+  if (conv_forced_path == PS_CONV_PATH_DIRECT_C) return CONV_DIRECT_PORTABLE;
+  if (ps_conv_have_avx512()) return CONV_DIRECT_AVX512;
+  return conv_forced_path == PS_CONV_PATH_DIRECT ? CONV_DIRECT_PORTABLE : CONV_DIRECT_NONE;
+}
+
 // The weight gradient runs on the AVX-512 kernel when its output is narrow
 // (CKK <= 64: the first layer's 27, where single-threaded OpenBLAS reached
 // 26% of its 1024^3 rate against the kernel's 40%, pansurv bench gemm
@@ -304,6 +341,51 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
     }
 }
 
+// Direct path, OpenMP over images as the lowering: each thread pads its image
+// into its slice and runs the kernel; weights are packed once per thread.
+static void conv_forward_direct(float *y, const float *x, const float *w, const float *b, const conv_dims *d,
+                                float *ws, int T, conv_direct_kind kind) {
+  const int64_t slice = conv_slice_floats(d);
+  const ps_conv_direct_dims dd = conv_direct_dims(d);
+  const int64_t padf = ps_conv_direct_pad_floats(&dd);
+#pragma omp parallel num_threads(T) if (T > 1)
+  {
+    float *xp = ws + (int64_t)omp_get_thread_num() * slice, *wp = xp + padf;
+    ps_conv_direct_pack_weights(wp, w, &dd);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < d->N; n++) {
+      ps_conv_direct_pad(xp, x + n * d->C * d->H * d->W, &dd);
+      float *yn = y + n * d->OC * d->P;
+      if (kind == CONV_DIRECT_AVX512) ps_conv_direct_forward_avx512(yn, xp, wp, b, &dd);
+      else ps_conv_direct_forward_c(yn, xp, wp, b, &dd);
+    }
+  }
+}
+
+// dw (OC, C, 3, 3) += the direct weight gradient: per-thread lane partials
+// over that thread's images (static schedule), reduced into dw in thread
+// order, so the sums depend on the shapes and the thread count only.
+static void conv_dw_direct(float *dw, const float *g, const float *x, const conv_dims *d, float *ws, int T,
+                           conv_direct_kind kind) {
+  const int64_t slice = conv_slice_floats(d);
+  const ps_conv_direct_dims dd = conv_direct_dims(d);
+  const int64_t padf = ps_conv_direct_pad_floats(&dd), lanesf = ps_conv_direct_lanes_floats(&dd);
+  const int64_t lanes_at = padf + ps_conv_direct_wpack_floats(&dd);
+#pragma omp parallel num_threads(T) if (T > 1)
+  {
+    float *xp = ws + (int64_t)omp_get_thread_num() * slice, *lanes = xp + lanes_at;
+    memset(lanes, 0, (size_t)lanesf * sizeof(float));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < d->N; n++) {
+      ps_conv_direct_pad(xp, x + n * d->C * d->H * d->W, &dd);
+      const float *gn = g + n * d->OC * d->P;
+      if (kind == CONV_DIRECT_AVX512) ps_conv_direct_dw_avx512(lanes, gn, xp, &dd);
+      else ps_conv_direct_dw_c(lanes, gn, xp, &dd);
+    }
+  }
+  for (int t = 0; t < T; t++) ps_conv_direct_dw_reduce(dw, ws + t * slice + lanes_at, &dd);
+}
+
 // Images in parallel (T threads, each on its own workspace slice, BLAS called
 // single-threaded inside) when the batch has at least one image per thread and
 // the workspace holds T slices; otherwise images one after another with each
@@ -337,7 +419,10 @@ ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor
   int T = 1;
   PS_TRY(conv_threads_for(op, &d, workspace, &T));
   if (d.N == 0) return PS_OK;
-  conv_forward_im2col(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, &d, ps_f32(workspace), T);
+  conv_direct_kind kind = conv_direct_for(&d);
+  if (kind != CONV_DIRECT_NONE)
+    conv_forward_direct(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, &d, ps_f32(workspace), T, kind);
+  else conv_forward_im2col(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, &d, ps_f32(workspace), T);
   return PS_OK;
 }
 
@@ -369,9 +454,12 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
       o[c] += (float)s;
     }
   }
-  if (din || dw)
-    conv_backward_im2col(din ? ps_f32(din) : NULL, dw ? ps_f32(dw) : NULL, ps_f32(dout), ps_f32(in), ps_f32(w), &d,
-                         ps_f32(workspace), T);
+  // The direct path takes the weight gradient; an input gradient, when asked for, stays on the lowering.
+  conv_direct_kind kind = dw ? conv_direct_for(&d) : CONV_DIRECT_NONE;
+  if (kind != CONV_DIRECT_NONE) conv_dw_direct(ps_f32(dw), ps_f32(dout), ps_f32(in), &d, ps_f32(workspace), T, kind);
+  float *dwl = kind == CONV_DIRECT_NONE && dw ? ps_f32(dw) : NULL;
+  if (din || dwl)
+    conv_backward_im2col(din ? ps_f32(din) : NULL, dwl, ps_f32(dout), ps_f32(in), ps_f32(w), &d, ps_f32(workspace), T);
   return PS_OK;
 }
 

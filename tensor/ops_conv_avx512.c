@@ -1,5 +1,8 @@
-// AVX-512 GEMM kernel for the conv lowering, for a shape where OpenBLAS does
-// poorly (tensor/ops_conv.c decides when):
+// AVX-512 kernels of the CPU convolution (tensor/ops_conv.c decides when each runs):
+//   direct: the 3x3 "same" convolution of few input channels without a
+//       lowered matrix, forward and weight gradient (ops_conv_direct.c has the
+//       layouts and the portable versions).
+// and a GEMM kernel for a shape of the lowering where OpenBLAS does poorly:
 //   nt: C (M, N) += A (M, K) · B (N, K)^T - small M x N, long K: the weight
 //       gradient dw (OC, CKK) = dout (OC, P) · col^T of the 3-channel first
 //       layer (N = CKK = 27), where OpenBLAS runs its N-edge kernels.
@@ -88,11 +91,105 @@ PS_AVX512 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const flo
   }
 }
 
+// ---- direct 3x3 "same" convolution, few input channels (layouts: ops_conv_direct.c) --------------
+// Forward register tile: FD_R 16-pixel output vectors (consecutive in the
+// image's row-major order, so a tile may span rows) x OB output channels = 24
+// accumulators; per tap FD_R unaligned loads of the padded input, OB weight
+// broadcasts from the packed weights, 24 FMAs. Output vectors outer and
+// channel tiles inner: the few padded input rows a tile reads stay in L1.
+enum { FD_R = 3, DOB = PS_CONV_DIRECT_OB };
+
+PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
+                                             const ps_conv_direct_dims *d) {
+  const int64_t CKK = d->C * 9, plane = d->HP * d->WP, P = d->H * d->W, nvec = d->H * d->NV, WP = d->WP;
+  for (int64_t v0 = 0; v0 < nvec; v0 += FD_R) {
+    const float *xs[FD_R];
+    int64_t yo[FD_R];
+    __mmask16 m[FD_R];
+    for (int r = 0; r < FD_R; r++) { // past the last vector: repeat it, store nothing
+      int64_t v = v0 + r < nvec ? v0 + r : nvec - 1, oh = v / d->NV, s = v % d->NV;
+      xs[r] = xp + oh * WP + s * 16;
+      yo[r] = oh * d->W + s * 16;
+      m[r] = v0 + r < nvec ? tail_mask(d->W - s * 16) : 0;
+    }
+    for (int64_t ob = 0; ob < d->OCP / DOB; ob++) {
+      __m512 acc[FD_R][DOB];
+      for (int j = 0; j < DOB; j++) {
+        int64_t o = ob * DOB + j;
+        __m512 bj = b && o < d->OC ? _mm512_set1_ps(b[o]) : _mm512_setzero_ps();
+        for (int r = 0; r < FD_R; r++) acc[r][j] = bj;
+      }
+      const float *wt = wp + ob * CKK * DOB;
+      for (int64_t c = 0; c < d->C; c++) {
+#pragma GCC unroll 3
+        for (int kh = 0; kh < 3; kh++)
+#pragma GCC unroll 3
+          for (int kw = 0; kw < 3; kw++) {
+            const int64_t off = c * plane + kh * WP + kw;
+            __m512 x[FD_R];
+            for (int r = 0; r < FD_R; r++) x[r] = _mm512_loadu_ps(xs[r] + off);
+            for (int j = 0; j < DOB; j++) {
+              __m512 wj = _mm512_set1_ps(wt[j]);
+              for (int r = 0; r < FD_R; r++) acc[r][j] = _mm512_fmadd_ps(x[r], wj, acc[r][j]);
+            }
+            wt += DOB;
+          }
+      }
+      for (int j = 0; j < DOB && ob * DOB + j < d->OC; j++)
+        for (int r = 0; r < FD_R; r++) _mm512_mask_storeu_ps(y + (ob * DOB + j) * P + yo[r], m[r], acc[r][j]);
+    }
+  }
+}
+
+// Weight-gradient register tile: OB output channels x the 3 kw taps of one
+// (c, kh) = 24 lane accumulators; per 16 pixels 8 dout loads, 3 shifted input
+// loads, 24 FMAs. Each tile passes over the whole image with its accumulators
+// in registers: the OB dout planes (OB x 16 KB at 64x64) are re-read from L2
+// by the C*3 tiles of a channel block, which measured faster than blocking
+// rows for L1 (accumulators saved and restored per block; docs/conv.md).
+PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d) {
+  const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP;
+  for (int64_t ob = 0; ob < d->OCP / DOB; ob++) {
+    const float *gr[DOB]; // channels past OC repeat the last one; their lanes are never reduced
+    for (int j = 0; j < DOB; j++) gr[j] = g + (ob * DOB + j < d->OC ? ob * DOB + j : d->OC - 1) * P;
+    for (int64_t ck = 0; ck < C3; ck++) {
+      float *lt = lanes + (ob * C3 + ck) * DOB * 3 * 16;
+      __m512 acc[DOB][3];
+      for (int j = 0; j < DOB; j++)
+        for (int kw = 0; kw < 3; kw++) acc[j][kw] = _mm512_loadu_ps(lt + (j * 3 + kw) * 16);
+      const float *xc = xp + (ck / 3) * plane + (ck % 3) * WP;
+      for (int64_t oh = 0; oh < d->H; oh++)
+        for (int64_t s = 0; s < d->NV; s++) {
+          const __mmask16 m = tail_mask(d->W - s * 16); // dout lanes past W load as 0
+          const float *xr = xc + oh * WP + s * 16;
+          const int64_t go = oh * d->W + s * 16;
+          __m512 x0 = _mm512_loadu_ps(xr), x1 = _mm512_loadu_ps(xr + 1), x2 = _mm512_loadu_ps(xr + 2);
+          for (int j = 0; j < DOB; j++) {
+            __m512 gv = _mm512_maskz_loadu_ps(m, gr[j] + go);
+            acc[j][0] = _mm512_fmadd_ps(gv, x0, acc[j][0]);
+            acc[j][1] = _mm512_fmadd_ps(gv, x1, acc[j][1]);
+            acc[j][2] = _mm512_fmadd_ps(gv, x2, acc[j][2]);
+          }
+        }
+      for (int j = 0; j < DOB; j++)
+        for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt + (j * 3 + kw) * 16, acc[j][kw]);
+    }
+  }
+}
+
 #else // not x86-64 GCC/Clang: never selected
 
 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
                             float *C, int64_t ldc) {
   (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
+}
+bool ps_conv_have_avx512(void) { return false; }
+void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
+                                   const ps_conv_direct_dims *d) {
+  ps_conv_direct_forward_c(y, xp, wp, b, d);
+}
+void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d) {
+  ps_conv_direct_dw_c(lanes, g, xp, d);
 }
 
 #endif
