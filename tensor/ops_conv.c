@@ -341,6 +341,14 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
     }
 }
 
+ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p) {
+  conv_dims d = {0};
+  if (conv_dims_of("ps_conv_path_for", &d, in, w, p) != PS_OK) return PS_CONV_PATH_IM2COL;
+  conv_direct_kind k = conv_direct_for(&d);
+  return k == CONV_DIRECT_AVX512 ? PS_CONV_PATH_DIRECT : k == CONV_DIRECT_PORTABLE ? PS_CONV_PATH_DIRECT_C
+                                                                                    : PS_CONV_PATH_IM2COL;
+}
+
 // Direct path, OpenMP over images as the lowering: each thread pads its image
 // into its slice and runs the kernel; weights are packed once per thread.
 static void conv_forward_direct(float *y, const float *x, const float *w, const float *b, const conv_dims *d,

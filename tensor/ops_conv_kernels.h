@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ps_ops.h"
+
 // True when the CPU runs AVX-512F (checked once at run time; the build targets plain x86-64).
 bool ps_conv_have_avx512(void);
 // C (M, N) += A (M, K) · B (N, K)^T.
@@ -35,6 +37,9 @@ typedef enum {
   PS_CONV_PATH_COUNT
 } ps_conv_path;
 void ps_conv_force_path(ps_conv_path p);
+// The path ps_conv2d_forward (and the weight gradient of ps_conv2d_backward) takes for these shapes now:
+// IM2COL, DIRECT (the AVX-512 kernels) or DIRECT_C (the portable ones). Shapes only; data may be NULL.
+ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p);
 
 // Largest input channel count the direct kernels take.
 enum { PS_CONV_DIRECT_CMAX = 4 };

@@ -274,6 +274,116 @@ static int test_conv_kernels(void) {
   return 0;
 }
 
+// The direct kernels of few-channel 3x3 "same" convolutions (forward and
+// weight gradient; ops_conv_direct.c, ops_conv_avx512.c) against the double
+// reference: C = 1..4, images whose width is not a multiple of the 16-pixel
+// vector (masked tails, vectors of a register tile spanning rows), tiny
+// images, output channels not a multiple of the 8-channel tile, odd batches
+// at 2 threads; with and without din (din stays on the lowering). Then: the
+// automatic choice takes the direct path exactly for eligible shapes on an
+// AVX-512F CPU, its results match the forced lowering's, and repeated calls
+// give the same bits.
+static int test_conv_direct(void) {
+  struct {
+    int64_t N, C, H, W, OC;
+  } cfg[] = {
+      {2, 3, 64, 64, 32}, // the reference model's first layer (batch cut to 2)
+      {3, 1, 5, 7, 5},    // one channel, width below one vector, OC < 8
+      {1, 2, 17, 33, 13}, // 3 vectors per row (last one 1 pixel wide), OC tail of 5
+      {3, 4, 9, 16, 20},  // exactly one vector per row, OC tail of 4
+      {2, 3, 1, 1, 3},    // 1x1 image: every tap but the centre is padding
+      {2, 4, 12, 40, 17}, // 40 = 16 + 16 + 8
+  };
+  static const ps_conv_path paths[] = {PS_CONV_PATH_DIRECT, PS_CONV_PATH_DIRECT_C, PS_CONV_PATH_IM2COL};
+  static const char *const pname[] = {"direct", "direct_c", "im2col"};
+  const ps_conv2d_params p = {1, 1, 1, 1};
+  for (size_t k = 0; k < sizeof cfg / sizeof cfg[0]; k++) {
+    ps_ops_set_threads(1);
+    conv_ctx c = conv_make(cfg[k].N, cfg[k].C, cfg[k].H, cfg[k].W, cfg[k].OC, 3, 3, p);
+    ps_tensor dy = ot_uniform(-1, 1, c.out.ndim, c.out.shape);
+    int64_t nx = ps_tensor_numel(&c.in), nw = ps_tensor_numel(&c.w), ny = ps_tensor_numel(&c.out);
+    double *ref = malloc((size_t)(2 * ny + 2 * nx + 2 * nw) * sizeof(double));
+    TU_CHECK(ref != NULL, "out of memory");
+    double *omag = ref + ny, *din = omag + ny, *dmag = din + nx, *dw = dmag + nx, *wmag = dw + nw;
+    conv_ref(ref, &c);
+    conv_ctx a = c; // sum of |terms| of each output
+    a.in = ot_copy(&c.in), a.w = ot_copy(&c.w), a.b = ot_copy(&c.b);
+    for (int64_t i = 0; i < nx; i++) ps_f32(&a.in)[i] = fabsf(ps_f32(&a.in)[i]);
+    for (int64_t i = 0; i < nw; i++) ps_f32(&a.w)[i] = fabsf(ps_f32(&a.w)[i]);
+    for (int64_t i = 0; i < cfg[k].OC; i++) ps_f32(&a.b)[i] = fabsf(ps_f32(&a.b)[i]);
+    conv_ref(omag, &a);
+    conv_bwd_ref(din, dmag, dw, wmag, &c, ps_f32(&dy));
+    ps_tensor got[3][2]; // [path][out, dw] at 1 thread, without din
+    for (size_t q = 0; q < 3; q++) {
+      if (paths[q] == PS_CONV_PATH_DIRECT && !ps_conv_have_avx512())
+        printf("  conv direct %zu: no AVX-512F on this CPU, 'direct' runs the portable kernels\n", k);
+      ps_conv_force_path(paths[q]);
+      ps_conv_path want = paths[q] == PS_CONV_PATH_DIRECT && !ps_conv_have_avx512() ? PS_CONV_PATH_DIRECT_C : paths[q];
+      TU_CHECK(ps_conv_path_for(&c.in, &c.w, &p) == want, "config %zu: forced %s not taken", k, pname[q]);
+      for (int threads = 1; threads <= 2; threads++)
+        for (int with_din = 0; with_din <= 1; with_din++) {
+          ps_ops_set_threads(threads);
+          c.ws = ot_zeros(PS_F32, PS_SHAPE(ps_conv2d_workspace_floats(&c.in, &c.w, &c.p)));
+          ps_tensor gx = ot_zeros(PS_F32, c.in.ndim, c.in.shape), gw = ot_zeros(PS_F32, c.w.ndim, c.w.shape);
+          TU_OK(conv_fwd(&c));
+          TU_OK(ps_conv2d_backward(with_din ? &gx : NULL, &gw, NULL, &dy, &c.in, &c.w, &c.p, &c.ws));
+          char what[96];
+          // <= 36 float products per output; dw sums up to 2*64*64 products: rounding ~1e-6 of
+          // sum|terms|, 1e-5 leaves room, a wrong tap, lane or image is off by far more.
+          snprintf(what, sizeof what, "conv direct %zu %s T=%d%s out", k, pname[q], threads, with_din ? " +din" : "");
+          expect_close_mag(what, ps_f32(&c.out), ref, omag, ny, 1e-5);
+          snprintf(what, sizeof what, "conv direct %zu %s T=%d%s dw", k, pname[q], threads, with_din ? " +din" : "");
+          expect_close_mag(what, ps_f32(&gw), dw, wmag, nw, 1e-5);
+          if (with_din) {
+            snprintf(what, sizeof what, "conv direct %zu %s T=%d din", k, pname[q], threads);
+            expect_close_mag(what, ps_f32(&gx), din, dmag, nx, 1e-5);
+          }
+          // Normalized error against the double reference, as a second measure.
+          const float *yf = ps_f32(&c.out), *wf = ps_f32(&gw);
+          double num = 0, den = 0, wn = 0, wd = 0;
+          for (int64_t i = 0; i < ny; i++) num += (yf[i] - ref[i]) * (yf[i] - ref[i]), den += ref[i] * ref[i];
+          for (int64_t i = 0; i < nw; i++) wn += (wf[i] - dw[i]) * (wf[i] - dw[i]), wd += dw[i] * dw[i];
+          TU_CHECK(sqrt(num) <= 1e-5 * sqrt(den) && sqrt(wn) <= 1e-5 * sqrt(wd),
+                   "config %zu %s T=%d: relative error out %.2e dw %.2e", k, pname[q], threads, sqrt(num / den),
+                   sqrt(wn / wd));
+          if (threads == 1 && !with_din) got[q][0] = ot_copy(&c.out), got[q][1] = ot_copy(&gw);
+          if (threads == 1 && with_din) { // the same call again: the same bits
+            TU_CHECK(!memcmp(ps_f32(&gw), ps_f32(&got[q][1]), (size_t)nw * sizeof(float)),
+                     "config %zu %s: dw differs between identical calls", k, pname[q]);
+          }
+        }
+    }
+    // The automatic choice: direct exactly when the CPU has AVX-512F, and it agrees with the lowering.
+    ps_conv_force_path(PS_CONV_PATH_AUTO);
+    ps_conv_path want = ps_conv_have_avx512() ? PS_CONV_PATH_DIRECT : PS_CONV_PATH_IM2COL;
+    TU_CHECK(ps_conv_path_for(&c.in, &c.w, &p) == want, "config %zu: auto path %d, expected %d", k,
+             (int)ps_conv_path_for(&c.in, &c.w, &p), (int)want);
+    ps_ops_set_threads(1);
+    TU_OK(conv_fwd(&c));
+    ps_tensor gw = ot_zeros(PS_F32, c.w.ndim, c.w.shape);
+    TU_OK(ps_conv2d_backward(NULL, &gw, NULL, &dy, &c.in, &c.w, &c.p, &c.ws));
+    double eo = ps_tu_rel_err(ps_f32(&c.out), ps_f32(&got[2][0]), ny), ew = ps_tu_rel_err(ps_f32(&gw), ps_f32(&got[2][1]), nw);
+    printf("  conv direct %zu: auto vs im2col: out rel %.2e, dw rel %.2e\n", k, eo, ew);
+    TU_CHECK(eo <= 1e-5 && ew <= 1e-5, "config %zu: auto differs from im2col: out %.2e dw %.2e", k, eo, ew);
+    free(ref);
+  }
+  // Ineligible shapes always lower, whatever is forced: 5 channels, stride 2, no padding, 5x5.
+  struct {
+    int64_t C, K;
+    ps_conv2d_params p;
+  } no[] = {{5, 3, {1, 1, 1, 1}}, {3, 3, {2, 2, 1, 1}}, {3, 3, {1, 1, 0, 0}}, {3, 5, {1, 1, 1, 1}}};
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+    ps_tensor in = ot_zeros(PS_F32, PS_SHAPE(1, no[i].C, 8, 8)), w = ot_zeros(PS_F32, PS_SHAPE(4, no[i].C, no[i].K, no[i].K));
+    for (int q = PS_CONV_PATH_AUTO; q < PS_CONV_PATH_COUNT; q++) {
+      ps_conv_force_path((ps_conv_path)q);
+      TU_CHECK(ps_conv_path_for(&in, &w, &no[i].p) == PS_CONV_PATH_IM2COL, "ineligible shape %zu took path %d", i,
+               (int)ps_conv_path_for(&in, &w, &no[i].p));
+    }
+  }
+  ps_conv_force_path(PS_CONV_PATH_AUTO);
+  return 0;
+}
+
 // ---- pooling ---------------------------------------------------------------------
 
 // Distinct values 0.05 apart (a shuffled ramp): no ties in any window, and a
@@ -616,6 +726,7 @@ static const ot_case cases[] = {
     {"tensor_conv_grad", test_conv_grad},
     {"tensor_conv_threads", test_conv_threads},
     {"tensor_conv_kernels", test_conv_kernels},
+    {"tensor_conv_direct", test_conv_direct},
     {"tensor_maxpool_forward", test_maxpool_forward},
     {"tensor_maxpool_grad", test_maxpool_grad},
     {"tensor_avgpool_forward", test_avgpool_forward},
