@@ -411,6 +411,9 @@ int ps_bench_gemm(int argc, char **argv) {
     return 2;
   }
   ps_conv_force_kernel(kernel);
+  // Workspaces are planned under this forcing; "compare" plans for the direct path, whose slice
+  // also covers the lowering's.
+  ps_conv_force_path((ps_conv_path)(path == PATH_COMPARE ? PS_CONV_PATH_DIRECT : path));
   char loadavg[64] = "?";
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
@@ -516,6 +519,7 @@ int ps_bench_gemm(int argc, char **argv) {
              is_conv ? (paths[q] == PATH_COMPARE ? "compare" : path_names[paths[q]]) : "-");
       total_wrong += wrong[q];
     }
+    ps_conv_force_path((ps_conv_path)(path == PATH_COMPARE ? PS_CONV_PATH_DIRECT : path));
     fflush(stdout);
     state_free(&s);
   }

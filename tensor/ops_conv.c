@@ -66,26 +66,82 @@ static ps_status conv_dims_of(const char *op, conv_dims *d, const ps_tensor *in,
   return PS_OK;
 }
 
-// 3x3, stride 1, pad 1 with at most PS_CONV_DIRECT_CMAX input channels: the
-// direct kernels (ops_conv_direct.c) can run it without a lowered matrix.
+// 3x3, stride 1, pad 1 ("same"): the direct kernels (ops_conv_direct.c) can run it without a lowered matrix.
 static bool conv_direct_eligible(const conv_dims *d) {
-  return d->C >= 1 && d->C <= PS_CONV_DIRECT_CMAX && d->KH == 3 && d->KW == 3 && d->sh == 1 && d->sw == 1 &&
-         d->ph == 1 && d->pw == 1;
+  return d->C >= 1 && d->OC >= 1 && d->KH == 3 && d->KW == 3 && d->sh == 1 && d->sw == 1 && d->ph == 1 &&
+         d->pw == 1;
 }
 
+typedef enum { CONV_DIRECT_NONE = 0, CONV_DIRECT_AVX512, CONV_DIRECT_PORTABLE } conv_direct_kind;
+
+static ps_conv_path conv_forced_path = PS_CONV_PATH_AUTO;
+void ps_conv_force_path(ps_conv_path p) { conv_forced_path = p < PS_CONV_PATH_COUNT ? p : PS_CONV_PATH_AUTO; }
+
+// Where the AVX-512 direct kernels measured faster than im2col + OpenBLAS
+// (pansurv bench gemm --conv-path compare, docs/conv.md): the forward and the
+// weight gradient of few-channel inputs (the 3->32 first layer: K = 27 starves
+// the GEMM), and for wider layers the forward and input gradient when rows
+// are whole 16-pixel vectors (32->64 at 32x32, 64->128 at 16x16) and the weight
+// gradient when an image has >= 64 such vectors (32x32; at 16x16 the per-pass
+// overhead made it no faster). C*OC is capped at the largest layer measured,
+// and the input gradient needs >= 8 output channels (C) to fill the tile.
+static bool conv_direct_auto(const conv_dims *d, ps_conv_product what) {
+  const bool few = d->C <= 4, rows16 = d->W % 16 == 0 && d->C * d->OC <= 64 * 128;
+  switch (what) {
+  case PS_CONV_FWD: return few || rows16;
+  case PS_CONV_DX: return rows16 && d->C >= 8;
+  case PS_CONV_DW: return few || (rows16 && d->H * d->W >= 1024);
+  default: return false;
+  }
+}
+
+static conv_direct_kind conv_direct_for(const conv_dims *d, ps_conv_product what) {
+  if (!conv_direct_eligible(d) || conv_forced_path == PS_CONV_PATH_IM2COL) return CONV_DIRECT_NONE;
+  if (conv_forced_path == PS_CONV_PATH_DIRECT_C) return CONV_DIRECT_PORTABLE;
+  if (conv_forced_path == PS_CONV_PATH_DIRECT) return ps_conv_have_avx512() ? CONV_DIRECT_AVX512 : CONV_DIRECT_PORTABLE;
+  return ps_conv_have_avx512() && conv_direct_auto(d, what) ? CONV_DIRECT_AVX512 : CONV_DIRECT_NONE;
+}
+
+// Dims of the direct kernels for the forward / weight gradient (in: C channels, out: OC) and for the input
+// gradient (in: dout's OC channels, out: C).
 static ps_conv_direct_dims conv_direct_dims(const conv_dims *d) {
   return ps_conv_direct_dims_of(d->C, d->H, d->W, d->OC);
 }
+static ps_conv_direct_dims conv_direct_dims_dx(const conv_dims *d) {
+  return ps_conv_direct_dims_of(d->OC, d->H, d->W, d->C);
+}
+
+// Layout of one thread's slice on the direct path: padded input (C or, for the input gradient, OC
+// channels), packed weights (either packing), then the weight-gradient lane partials when that
+// product is direct.
+typedef struct {
+  int64_t pad, wpack, lanes; // floats of each part; lanes at pad + wpack
+} conv_direct_slice;
+
+static conv_direct_slice conv_direct_slice_of(const conv_dims *d) {
+  conv_direct_slice s = {0, 0, 0};
+  const ps_conv_direct_dims f = conv_direct_dims(d), x = conv_direct_dims_dx(d);
+  if (conv_direct_for(d, PS_CONV_FWD) || conv_direct_for(d, PS_CONV_DW)) {
+    s.pad = ps_conv_direct_pad_floats(&f);
+    s.wpack = ps_conv_direct_wpack_floats(&f);
+  }
+  if (conv_direct_for(d, PS_CONV_DX)) {
+    int64_t p = ps_conv_direct_pad_floats(&x), w = ps_conv_direct_wpack_floats(&x);
+    s.pad = p > s.pad ? p : s.pad;
+    s.wpack = w > s.wpack ? w : s.wpack;
+  }
+  if (conv_direct_for(d, PS_CONV_DW)) s.lanes = ps_conv_direct_lanes_floats(&f);
+  return s;
+}
 
 // One thread's workspace: one lowered chunk (CKK, PB), then a private dw
-// partial (OC, CKK); or, on the direct path, the padded image, the packed
-// weights and the dw lane partials. Sized for the larger, so a workspace
-// planned once serves whichever path runs.
+// partial (OC, CKK); or the direct path's slice (conv_direct_slice_of). Sized
+// for the larger, so one workspace serves both when products mix paths; the
+// size follows the path choice (and the forcing) at planning time.
 static int64_t conv_slice_floats(const conv_dims *d) {
   int64_t lowered = d->CKK * d->PB + d->OC * d->CKK;
-  if (!conv_direct_eligible(d)) return lowered;
-  ps_conv_direct_dims dd = conv_direct_dims(d);
-  int64_t direct = ps_conv_direct_pad_floats(&dd) + ps_conv_direct_wpack_floats(&dd) + ps_conv_direct_lanes_floats(&dd);
+  conv_direct_slice s = conv_direct_slice_of(d);
+  int64_t direct = s.pad + s.wpack + s.lanes;
   return direct > lowered ? direct : lowered;
 }
 
@@ -230,23 +286,6 @@ static void col2im_add(float *dx, float *col, const conv_dims *d, int64_t oh0, i
 static ps_conv_kernel conv_forced = PS_CONV_KERNEL_AUTO;
 void ps_conv_force_kernel(ps_conv_kernel k) { conv_forced = k < PS_CONV_KERNEL_COUNT ? k : PS_CONV_KERNEL_AUTO; }
 
-static ps_conv_path conv_forced_path = PS_CONV_PATH_AUTO;
-void ps_conv_force_path(ps_conv_path p) { conv_forced_path = p < PS_CONV_PATH_COUNT ? p : PS_CONV_PATH_AUTO; }
-
-typedef enum { CONV_DIRECT_NONE = 0, CONV_DIRECT_AVX512, CONV_DIRECT_PORTABLE } conv_direct_kind;
-
-// The direct kernels replace the lowering for the forward and the weight
-// gradient of eligible shapes when the CPU has AVX-512F: the first layer
-// (3->32 at 64x64) ran ~2x faster than im2col + OpenBLAS (docs/conv.md). The
-// portable kernels are not chosen automatically (without AVX-512 their speed
-// against OpenBLAS is unmeasured); they are forced in tests.
-static conv_direct_kind conv_direct_for(const conv_dims *d) {
-  if (!conv_direct_eligible(d) || conv_forced_path == PS_CONV_PATH_IM2COL) return CONV_DIRECT_NONE;
-  if (conv_forced_path == PS_CONV_PATH_DIRECT_C) return CONV_DIRECT_PORTABLE;
-  if (ps_conv_have_avx512()) return CONV_DIRECT_AVX512;
-  return conv_forced_path == PS_CONV_PATH_DIRECT ? CONV_DIRECT_PORTABLE : CONV_DIRECT_NONE;
-}
-
 // The weight gradient runs on the AVX-512 kernel when its output is narrow
 // (CKK <= 64: the first layer's 27, where single-threaded OpenBLAS reached
 // 26% of its 1024^3 rate against the kernel's 40%, pansurv bench gemm
@@ -341,31 +380,33 @@ static void conv_backward_im2col(float *dx, float *dw, const float *g, const flo
     }
 }
 
-ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p) {
+ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p,
+                              ps_conv_product what) {
   conv_dims d = {0};
   if (conv_dims_of("ps_conv_path_for", &d, in, w, p) != PS_OK) return PS_CONV_PATH_IM2COL;
-  conv_direct_kind k = conv_direct_for(&d);
+  conv_direct_kind k = conv_direct_for(&d, what);
   return k == CONV_DIRECT_AVX512 ? PS_CONV_PATH_DIRECT : k == CONV_DIRECT_PORTABLE ? PS_CONV_PATH_DIRECT_C
                                                                                     : PS_CONV_PATH_IM2COL;
 }
 
-// Direct path, OpenMP over images as the lowering: each thread pads its image
-// into its slice and runs the kernel; weights are packed once per thread.
-static void conv_forward_direct(float *y, const float *x, const float *w, const float *b, const conv_dims *d,
-                                float *ws, int T, conv_direct_kind kind) {
+// Direct forward (accumulate = false: y = conv(x) + b) or input gradient (dx += conv of dout with the
+// flipped weights; dd from conv_direct_dims_dx, x = dout), OpenMP over images as the lowering: each
+// thread packs the weights once and pads its image into its slice.
+static void conv_direct_run(float *y, const float *x, const float *w, const float *b, bool dx, const conv_dims *d,
+                            float *ws, int T, conv_direct_kind kind) {
   const int64_t slice = conv_slice_floats(d);
-  const ps_conv_direct_dims dd = conv_direct_dims(d);
-  const int64_t padf = ps_conv_direct_pad_floats(&dd);
+  const ps_conv_direct_dims dd = dx ? conv_direct_dims_dx(d) : conv_direct_dims(d);
+  const int64_t padf = conv_direct_slice_of(d).pad, xn = dd.C * d->H * d->W, yn = dd.OC * d->H * d->W;
 #pragma omp parallel num_threads(T) if (T > 1)
   {
     float *xp = ws + (int64_t)omp_get_thread_num() * slice, *wp = xp + padf;
-    ps_conv_direct_pack_weights(wp, w, &dd);
+    if (dx) ps_conv_direct_pack_weights_dx(wp, w, &dd);
+    else ps_conv_direct_pack_weights(wp, w, &dd);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < d->N; n++) {
-      ps_conv_direct_pad(xp, x + n * d->C * d->H * d->W, &dd);
-      float *yn = y + n * d->OC * d->P;
-      if (kind == CONV_DIRECT_AVX512) ps_conv_direct_forward_avx512(yn, xp, wp, b, &dd);
-      else ps_conv_direct_forward_c(yn, xp, wp, b, &dd);
+      ps_conv_direct_pad(xp, x + n * xn, &dd);
+      if (kind == CONV_DIRECT_AVX512) ps_conv_direct_forward_avx512(y + n * yn, xp, wp, b, dx, &dd);
+      else ps_conv_direct_forward_c(y + n * yn, xp, wp, b, dx, &dd);
     }
   }
 }
@@ -377,12 +418,12 @@ static void conv_dw_direct(float *dw, const float *g, const float *x, const conv
                            conv_direct_kind kind) {
   const int64_t slice = conv_slice_floats(d);
   const ps_conv_direct_dims dd = conv_direct_dims(d);
-  const int64_t padf = ps_conv_direct_pad_floats(&dd), lanesf = ps_conv_direct_lanes_floats(&dd);
-  const int64_t lanes_at = padf + ps_conv_direct_wpack_floats(&dd);
+  const conv_direct_slice sl = conv_direct_slice_of(d);
+  const int64_t lanes_at = sl.pad + sl.wpack;
 #pragma omp parallel num_threads(T) if (T > 1)
   {
     float *xp = ws + (int64_t)omp_get_thread_num() * slice, *lanes = xp + lanes_at;
-    memset(lanes, 0, (size_t)lanesf * sizeof(float));
+    memset(lanes, 0, (size_t)sl.lanes * sizeof(float));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < d->N; n++) {
       ps_conv_direct_pad(xp, x + n * d->C * d->H * d->W, &dd);
@@ -427,9 +468,9 @@ ps_status ps_conv2d_forward(ps_tensor *out, const ps_tensor *in, const ps_tensor
   int T = 1;
   PS_TRY(conv_threads_for(op, &d, workspace, &T));
   if (d.N == 0) return PS_OK;
-  conv_direct_kind kind = conv_direct_for(&d);
+  conv_direct_kind kind = conv_direct_for(&d, PS_CONV_FWD);
   if (kind != CONV_DIRECT_NONE)
-    conv_forward_direct(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, &d, ps_f32(workspace), T, kind);
+    conv_direct_run(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, false, &d, ps_f32(workspace), T, kind);
   else conv_forward_im2col(ps_f32(out), ps_f32(in), ps_f32(w), b ? ps_f32(b) : NULL, &d, ps_f32(workspace), T);
   return PS_OK;
 }
@@ -462,12 +503,14 @@ ps_status ps_conv2d_backward(ps_tensor *din, ps_tensor *dw, ps_tensor *db, const
       o[c] += (float)s;
     }
   }
-  // The direct path takes the weight gradient; an input gradient, when asked for, stays on the lowering.
-  conv_direct_kind kind = dw ? conv_direct_for(&d) : CONV_DIRECT_NONE;
-  if (kind != CONV_DIRECT_NONE) conv_dw_direct(ps_f32(dw), ps_f32(dout), ps_f32(in), &d, ps_f32(workspace), T, kind);
-  float *dwl = kind == CONV_DIRECT_NONE && dw ? ps_f32(dw) : NULL;
-  if (din || dwl)
-    conv_backward_im2col(din ? ps_f32(din) : NULL, dwl, ps_f32(dout), ps_f32(in), ps_f32(w), &d, ps_f32(workspace), T);
+  // Each product on its own path; what is not direct runs on the lowering (both there: one pass).
+  conv_direct_kind kdw = dw ? conv_direct_for(&d, PS_CONV_DW) : CONV_DIRECT_NONE;
+  conv_direct_kind kdx = din ? conv_direct_for(&d, PS_CONV_DX) : CONV_DIRECT_NONE;
+  if (kdw) conv_dw_direct(ps_f32(dw), ps_f32(dout), ps_f32(in), &d, ps_f32(workspace), T, kdw);
+  if (kdx) conv_direct_run(ps_f32(din), ps_f32(dout), ps_f32(w), NULL, true, &d, ps_f32(workspace), T, kdx);
+  float *dwl = dw && !kdw ? ps_f32(dw) : NULL, *dxl = din && !kdx ? ps_f32(din) : NULL;
+  if (dxl || dwl)
+    conv_backward_im2col(dxl, dwl, ps_f32(dout), ps_f32(in), ps_f32(w), &d, ps_f32(workspace), T);
   return PS_OK;
 }
 

@@ -100,7 +100,7 @@ PS_AVX512 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const flo
 enum { FD_R = 3, DOB = PS_CONV_DIRECT_OB };
 
 PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
-                                             const ps_conv_direct_dims *d) {
+                                             bool accumulate, const ps_conv_direct_dims *d) {
   const int64_t CKK = d->C * 9, plane = d->HP * d->WP, P = d->H * d->W, nvec = d->H * d->NV, WP = d->WP;
   for (int64_t v0 = 0; v0 < nvec; v0 += FD_R) {
     const float *xs[FD_R];
@@ -117,7 +117,8 @@ PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const fl
       for (int j = 0; j < DOB; j++) {
         int64_t o = ob * DOB + j;
         __m512 bj = b && o < d->OC ? _mm512_set1_ps(b[o]) : _mm512_setzero_ps();
-        for (int r = 0; r < FD_R; r++) acc[r][j] = bj;
+        for (int r = 0; r < FD_R; r++)
+          acc[r][j] = accumulate && o < d->OC ? _mm512_maskz_loadu_ps(m[r], y + o * P + yo[r]) : bj;
       }
       const float *wt = wp + ob * CKK * DOB;
       for (int64_t c = 0; c < d->C; c++) {
@@ -184,9 +185,9 @@ void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int
   (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
 }
 bool ps_conv_have_avx512(void) { return false; }
-void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
+void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b, bool accumulate,
                                    const ps_conv_direct_dims *d) {
-  ps_conv_direct_forward_c(y, xp, wp, b, d);
+  ps_conv_direct_forward_c(y, xp, wp, b, accumulate, d);
 }
 void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d) {
   ps_conv_direct_dw_c(lanes, g, xp, d);

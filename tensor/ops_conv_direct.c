@@ -57,7 +57,18 @@ void ps_conv_direct_pack_weights(float *wp, const float *w, const ps_conv_direct
       }
 }
 
-void ps_conv_direct_forward_c(float *y, const float *xp, const float *wp, const float *b,
+void ps_conv_direct_pack_weights_dx(float *wp, const float *w, const ps_conv_direct_dims *d) {
+  const int64_t CKK = d->C * 9; // d->C: the layer's OC (dout channels); d->OC: the layer's C
+  for (int64_t ob = 0; ob < d->OCP / OB; ob++)
+    for (int64_t o = 0; o < d->C; o++)
+      for (int64_t t = 0; t < 9; t++)
+        for (int64_t j = 0; j < OB; j++) {
+          int64_t c = ob * OB + j;
+          wp[(ob * CKK + o * 9 + t) * OB + j] = c < d->OC ? w[(o * d->OC + c) * 9 + 8 - t] : 0.0f;
+        }
+}
+
+void ps_conv_direct_forward_c(float *y, const float *xp, const float *wp, const float *b, bool accumulate,
                               const ps_conv_direct_dims *d) {
   const int64_t CKK = d->C * 9, plane = d->HP * d->WP, P = d->H * d->W;
   for (int64_t oh = 0; oh < d->H; oh++)
@@ -68,7 +79,7 @@ void ps_conv_direct_forward_c(float *y, const float *xp, const float *wp, const 
         for (int j = 0; j < OB; j++) {
           int64_t o = ob * OB + j;
           float v = b && o < d->OC ? b[o] : 0.0f;
-          for (int l = 0; l < L; l++) acc[j][l] = v;
+          for (int l = 0; l < L; l++) acc[j][l] = accumulate && o < d->OC && l < n ? y[o * P + oh * d->W + ow0 + l] : v;
         }
         for (int64_t c = 0; c < d->C; c++)
           for (int kh = 0; kh < 3; kh++)

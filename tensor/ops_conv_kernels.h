@@ -22,13 +22,17 @@ typedef enum { PS_CONV_KERNEL_AUTO = 0, PS_CONV_KERNEL_BLAS, PS_CONV_KERNEL_AVX5
 void ps_conv_force_kernel(ps_conv_kernel k);
 
 // ---- direct convolution (no lowered matrix) ---------------------------------------------------
-// 3x3, stride 1, pad 1 ("same") convolutions with few input channels (the
-// 3-channel first layer), whose im2col GEMMs have an inner dimension of only
-// C*9. Which path the forward and the weight gradient take: AUTO = direct
-// (AVX-512) where eligible and the CPU has AVX-512F, otherwise the lowering;
-// IM2COL / DIRECT force one (DIRECT falls back to the portable kernels without
-// AVX-512F; ineligible shapes always lower); DIRECT_C forces the portable
-// kernels. Tests and `pansurv bench gemm --conv-path` use the forcing.
+// 3x3, stride 1, pad 1 ("same") convolutions. First written for the
+// 3-channel first layer, whose im2col GEMMs have an inner dimension of only
+// C*9; the same register tiles also beat the lowering on the reference
+// model's other layers (docs/conv.md). The input gradient is the forward
+// kernel run on dout with the flipped, transposed weights. Which path each
+// product takes: AUTO = direct (AVX-512) for the shapes tensor/ops_conv.c
+// measured faster when the CPU has AVX-512F, otherwise the lowering; IM2COL /
+// DIRECT force one for every product of an eligible (3x3 same) shape (DIRECT
+// falls back to the portable kernels without AVX-512F; other shapes always
+// lower); DIRECT_C forces the portable kernels. Tests and `pansurv bench gemm
+// --conv-path` use the forcing.
 typedef enum {
   PS_CONV_PATH_AUTO = 0,
   PS_CONV_PATH_IM2COL,
@@ -37,12 +41,12 @@ typedef enum {
   PS_CONV_PATH_COUNT
 } ps_conv_path;
 void ps_conv_force_path(ps_conv_path p);
-// The path ps_conv2d_forward (and the weight gradient of ps_conv2d_backward) takes for these shapes now:
-// IM2COL, DIRECT (the AVX-512 kernels) or DIRECT_C (the portable ones). Shapes only; data may be NULL.
-ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p);
-
-// Largest input channel count the direct kernels take.
-enum { PS_CONV_DIRECT_CMAX = 4 };
+// The products of a convolution: forward, input gradient, weight gradient.
+typedef enum { PS_CONV_FWD = 0, PS_CONV_DX, PS_CONV_DW, PS_CONV_PRODUCT_COUNT } ps_conv_product;
+// The path a product takes for these shapes now: IM2COL, DIRECT (the AVX-512 kernels) or DIRECT_C (the
+// portable ones). Shapes only; data may be NULL.
+ps_conv_path ps_conv_path_for(const ps_tensor *in, const ps_tensor *w, const ps_conv2d_params *p,
+                              ps_conv_product what);
 
 // Sizes of one image for the direct kernels. The input is copied into a
 // zero-padded plane per channel, (C, HP, WP) with HP = H + 2 and WP =
@@ -67,10 +71,14 @@ int64_t ps_conv_direct_lanes_floats(const ps_conv_direct_dims *d);
 void ps_conv_direct_pad(float *xp, const float *x, const ps_conv_direct_dims *d);
 // wp (OCP/8, C*9, 8) = w (OC, C, 3, 3) regrouped so a tile's 8 weights of one tap are adjacent; zero past OC.
 void ps_conv_direct_pack_weights(float *wp, const float *w, const ps_conv_direct_dims *d);
-// y (OC, H, W) = conv(xp, w) (+ b (OC) when b is not NULL); wp from ps_conv_direct_pack_weights.
-void ps_conv_direct_forward_c(float *y, const float *xp, const float *wp, const float *b,
+// The same for the input gradient, a "same" convolution of dout (d->C = the layer's OC channels) into
+// d->OC = the layer's C channels with w (the layer's (OC, C, 3, 3)) transposed and flipped in both axes.
+void ps_conv_direct_pack_weights_dx(float *wp, const float *w, const ps_conv_direct_dims *d);
+// y (OC, H, W) = conv(xp, w) (+ b (OC) when b is not NULL), or y += conv(xp, w) when accumulate;
+// wp from one of the packings above.
+void ps_conv_direct_forward_c(float *y, const float *xp, const float *wp, const float *b, bool accumulate,
                               const ps_conv_direct_dims *d);
-void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
+void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b, bool accumulate,
                                    const ps_conv_direct_dims *d);
 // lanes (OCP/8, C*3, 8, 3, 16) += per-lane partial sums of dw over the pixels of one image:
 // dout g (OC, H, W) times the shifted padded input xp.

@@ -274,15 +274,14 @@ static int test_conv_kernels(void) {
   return 0;
 }
 
-// The direct kernels of few-channel 3x3 "same" convolutions (forward and
-// weight gradient; ops_conv_direct.c, ops_conv_avx512.c) against the double
-// reference: C = 1..4, images whose width is not a multiple of the 16-pixel
-// vector (masked tails, vectors of a register tile spanning rows), tiny
-// images, output channels not a multiple of the 8-channel tile, odd batches
-// at 2 threads; with and without din (din stays on the lowering). Then: the
-// automatic choice takes the direct path exactly for eligible shapes on an
-// AVX-512F CPU, its results match the forced lowering's, and repeated calls
-// give the same bits.
+// The direct kernels of 3x3 "same" convolutions (forward, input gradient,
+// weight gradient; ops_conv_direct.c, ops_conv_avx512.c), forced, against
+// the double reference: C = 1..4 and wider, images whose width is not a
+// multiple of the 16-pixel vector (masked tails, vectors of a register tile
+// spanning rows), tiny images, channel counts not a multiple of the
+// 8-channel tile, odd batches at 2 threads; with and without din. Then: the
+// automatic choice per product for the reference model's layers, its results
+// match the forced lowering's, and repeated calls give the same bits.
 static int test_conv_direct(void) {
   struct {
     int64_t N, C, H, W, OC;
@@ -293,6 +292,8 @@ static int test_conv_direct(void) {
       {3, 4, 9, 16, 20},  // exactly one vector per row, OC tail of 4
       {2, 3, 1, 1, 3},    // 1x1 image: every tap but the centre is padding
       {2, 4, 12, 40, 17}, // 40 = 16 + 16 + 8
+      {3, 16, 6, 32, 24}, // wider input: input gradient into 16 channels (2 tiles), dout padded per image
+      {2, 9, 5, 20, 10},  // 9 input channels: the input gradient's channel tile has a tail of 1
   };
   static const ps_conv_path paths[] = {PS_CONV_PATH_DIRECT, PS_CONV_PATH_DIRECT_C, PS_CONV_PATH_IM2COL};
   static const char *const pname[] = {"direct", "direct_c", "im2col"};
@@ -319,7 +320,9 @@ static int test_conv_direct(void) {
         printf("  conv direct %zu: no AVX-512F on this CPU, 'direct' runs the portable kernels\n", k);
       ps_conv_force_path(paths[q]);
       ps_conv_path want = paths[q] == PS_CONV_PATH_DIRECT && !ps_conv_have_avx512() ? PS_CONV_PATH_DIRECT_C : paths[q];
-      TU_CHECK(ps_conv_path_for(&c.in, &c.w, &p) == want, "config %zu: forced %s not taken", k, pname[q]);
+      for (int pr = 0; pr < PS_CONV_PRODUCT_COUNT; pr++)
+        TU_CHECK(ps_conv_path_for(&c.in, &c.w, &p, (ps_conv_product)pr) == want, "config %zu: forced %s not taken",
+                 k, pname[q]);
       for (int threads = 1; threads <= 2; threads++)
         for (int with_din = 0; with_din <= 1; with_din++) {
           ps_ops_set_threads(threads);
@@ -353,12 +356,10 @@ static int test_conv_direct(void) {
           }
         }
     }
-    // The automatic choice: direct exactly when the CPU has AVX-512F, and it agrees with the lowering.
+    // The automatic choice (whatever it is for this shape) agrees with the lowering.
     ps_conv_force_path(PS_CONV_PATH_AUTO);
-    ps_conv_path want = ps_conv_have_avx512() ? PS_CONV_PATH_DIRECT : PS_CONV_PATH_IM2COL;
-    TU_CHECK(ps_conv_path_for(&c.in, &c.w, &p) == want, "config %zu: auto path %d, expected %d", k,
-             (int)ps_conv_path_for(&c.in, &c.w, &p), (int)want);
     ps_ops_set_threads(1);
+    c.ws = ot_zeros(PS_F32, PS_SHAPE(ps_conv2d_workspace_floats(&c.in, &c.w, &c.p)));
     TU_OK(conv_fwd(&c));
     ps_tensor gw = ot_zeros(PS_F32, c.w.ndim, c.w.shape);
     TU_OK(ps_conv2d_backward(NULL, &gw, NULL, &dy, &c.in, &c.w, &c.p, &c.ws));
@@ -367,17 +368,34 @@ static int test_conv_direct(void) {
     TU_CHECK(eo <= 1e-5 && ew <= 1e-5, "config %zu: auto differs from im2col: out %.2e dw %.2e", k, eo, ew);
     free(ref);
   }
-  // Ineligible shapes always lower, whatever is forced: 5 channels, stride 2, no padding, 5x5.
+  // The automatic choice for the reference model's layers on an AVX-512F CPU (the shapes measured
+  // in docs/conv.md; the lowering everywhere without AVX-512F): {C, H, OC, fwd, dx, dw direct?}.
   struct {
-    int64_t C, K;
+    int64_t C, H, OC;
+    bool direct[PS_CONV_PRODUCT_COUNT];
+  } layer[] = {{3, 64, 32, {true, false, true}}, {32, 32, 64, {true, true, true}}, {64, 16, 128, {true, true, false}}};
+  ps_conv_force_path(PS_CONV_PATH_AUTO);
+  for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
+    ps_tensor in = ot_zeros(PS_F32, PS_SHAPE(1, layer[i].C, layer[i].H, layer[i].H)),
+              w = ot_zeros(PS_F32, PS_SHAPE(layer[i].OC, layer[i].C, 3, 3));
+    for (int pr = 0; pr < PS_CONV_PRODUCT_COUNT; pr++) {
+      ps_conv_path want = layer[i].direct[pr] && ps_conv_have_avx512() ? PS_CONV_PATH_DIRECT : PS_CONV_PATH_IM2COL;
+      ps_conv_path got = ps_conv_path_for(&in, &w, &p, (ps_conv_product)pr);
+      TU_CHECK(got == want, "layer %zu product %d: auto path %d, expected %d", i, pr, (int)got, (int)want);
+    }
+  }
+  // Ineligible shapes always lower, whatever is forced: stride 2, no padding, 5x5, 3x1.
+  struct {
+    int64_t KH, KW;
     ps_conv2d_params p;
-  } no[] = {{5, 3, {1, 1, 1, 1}}, {3, 3, {2, 2, 1, 1}}, {3, 3, {1, 1, 0, 0}}, {3, 5, {1, 1, 1, 1}}};
+  } no[] = {{3, 3, {2, 2, 1, 1}}, {3, 3, {1, 1, 0, 0}}, {5, 5, {1, 1, 1, 1}}, {3, 1, {1, 1, 1, 1}}};
   for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
-    ps_tensor in = ot_zeros(PS_F32, PS_SHAPE(1, no[i].C, 8, 8)), w = ot_zeros(PS_F32, PS_SHAPE(4, no[i].C, no[i].K, no[i].K));
+    ps_tensor in = ot_zeros(PS_F32, PS_SHAPE(1, 3, 8, 8)), w = ot_zeros(PS_F32, PS_SHAPE(4, 3, no[i].KH, no[i].KW));
     for (int q = PS_CONV_PATH_AUTO; q < PS_CONV_PATH_COUNT; q++) {
       ps_conv_force_path((ps_conv_path)q);
-      TU_CHECK(ps_conv_path_for(&in, &w, &no[i].p) == PS_CONV_PATH_IM2COL, "ineligible shape %zu took path %d", i,
-               (int)ps_conv_path_for(&in, &w, &no[i].p));
+      for (int pr = 0; pr < PS_CONV_PRODUCT_COUNT; pr++)
+        TU_CHECK(ps_conv_path_for(&in, &w, &no[i].p, (ps_conv_product)pr) == PS_CONV_PATH_IM2COL,
+                 "ineligible shape %zu took path %d", i, (int)ps_conv_path_for(&in, &w, &no[i].p, (ps_conv_product)pr));
     }
   }
   ps_conv_force_path(PS_CONV_PATH_AUTO);
