@@ -5,17 +5,20 @@
 // CKK = C*KH*KW the lowered (im2col) inner dimension, RB output rows per chunk
 // of the lowering and PB = RB*OW its positions, T worker threads.
 //
-// Convolution is lowered per image and per chunk of output rows: col (CKK,
-// PB) = im2col(in[n], rows); out[n][:, rows] (OC, PB) = w (OC, CKK) · col.
+// Two paths, chosen per product (forward, input gradient, weight gradient):
+// - direct (3x3, stride 1, pad 1 only; ops_conv_direct.c, ops_conv_avx512.c):
+//   register tiles over a zero-padded copy of each image, no lowered matrix;
+//   taken where it measured faster (conv_direct_auto, docs/conv.md), e.g.
+//   every product the reference model's tile encoder needs but the 16x16
+//   layer's weight gradient.
+// - lowering: per image and per chunk of output rows, col (CKK, PB) =
+//   im2col(in[n], rows); out[n][:, rows] (OC, PB) = w (OC, CKK) · col on
+//   OpenBLAS. The weight gradient of narrow lowerings runs on an AVX-512
+//   GEMM kernel (ops_conv_avx512.c) when the CPU has it.
 // Images run in parallel (OpenMP over the batch), each thread owning a
 // workspace slice, with OpenBLAS held to one thread inside the region so the
-// two thread pools do not oversubscribe cores.
-// The weight gradient of narrow lowerings (the 3-channel first layer) runs on
-// an AVX-512 kernel (ops_conv_avx512.c) when the CPU has it. The lowering
-// lives behind conv_forward_im2col / conv_backward_im2col so a faster one can
-// replace it without touching the public API or the workspace contract;
-// docs/conv.md records what was measured (batching images per GEMM was not
-// faster).
+// two thread pools do not oversubscribe cores. docs/conv.md records what was
+// measured (batching images per GEMM was not faster).
 #include <omp.h>
 #include <string.h>
 

@@ -1,14 +1,15 @@
-// Direct 3x3 "same" convolution for few input channels: layout helpers, the
+// Direct 3x3 "same" convolution (stride 1, pad 1): layout helpers, the
 // portable kernels and the fixed-order lane reduction. The AVX-512 kernels
 // (ops_conv_avx512.c) use the same layouts and tiles; tensor/ops_conv.c picks
-// the path (docs/conv.md).
+// the path per product (docs/conv.md).
 //
 // Dimension letters: C input channels, H/W image height/width, OC output
 // channels, OCP = OC rounded up to OB = 8, HP/WP padded plane rows/columns,
 // NV 16-wide vectors per output row, CKK = C*9 taps, L = 16 lanes.
 //
-// Forward: one output row segment of 16 pixels times OB output channels is a
+// Forward: 16 output pixels of a row times OB output channels form a
 // register tile; each tap adds (16 shifted inputs) x (OB broadcast weights).
+// Input gradient: the forward on dout with the weights transposed and flipped.
 // Weight gradient: dw (OC, CKK) += dout (OC, P) · shiftedᵀ (P, CKK) kept as
 // 16-lane partials per (output channel, tap), summed over lanes once per call
 // (ps_conv_direct_dw_reduce) in a fixed tree, so results depend on the shapes
