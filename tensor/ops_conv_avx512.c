@@ -163,17 +163,19 @@ PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const fl
 // in registers: the OB dout planes (OB x 16 KB at 64x64) are re-read from L2
 // by the C*3 tiles of a channel block, which measured faster than blocking
 // rows for L1 (accumulators saved and restored per block; docs/conv.md).
-PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d) {
+PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                                        const ps_conv_direct_dims *d) {
   const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP;
-  for (int64_t ob = 0; ob < d->OCP / DOB; ob++) {
-    const float *gr[DOB]; // channels past OC repeat the last one; their lanes are never reduced
-    for (int j = 0; j < DOB; j++) gr[j] = g + (ob * DOB + j < d->OC ? ob * DOB + j : d->OC - 1) * P;
+  for (int64_t ob = 0; ob < d->OCP / DOB; ob++)
     for (int64_t ck = 0; ck < C3; ck++) {
       float *lt = lanes + (ob * C3 + ck) * DOB * 3 * 16;
       __m512 acc[DOB][3];
       for (int j = 0; j < DOB; j++)
         for (int kw = 0; kw < 3; kw++) acc[j][kw] = _mm512_loadu_ps(lt + (j * 3 + kw) * 16);
-      const float *xc = xp + (ck / 3) * plane + (ck % 3) * WP;
+      for (int im = 0; im < ng; im++) {
+      const float *gr[DOB]; // channels past OC repeat the last one; their lanes are never reduced
+      for (int j = 0; j < DOB; j++) gr[j] = gs[im] + (ob * DOB + j < d->OC ? ob * DOB + j : d->OC - 1) * P;
+      const float *xc = xps[im] + (ck / 3) * plane + (ck % 3) * WP;
       for (int64_t oh = 0; oh < d->H; oh++)
         for (int64_t s = 0; s < d->NV; s++) {
           const __mmask16 m = tail_mask(d->W - s * 16); // dout lanes past W load as 0
@@ -187,10 +189,10 @@ PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *g, const floa
             acc[j][2] = _mm512_fmadd_ps(gv, x2, acc[j][2]);
           }
         }
+      }
       for (int j = 0; j < DOB; j++)
         for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt + (j * 3 + kw) * 16, acc[j][kw]);
     }
-  }
 }
 
 #else // not x86-64 GCC/Clang: never selected
@@ -204,8 +206,9 @@ void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, c
                                    const ps_conv_direct_dims *d) {
   ps_conv_direct_forward_c(y, xp, wp, b, accumulate, d);
 }
-void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d) {
-  ps_conv_direct_dw_c(lanes, g, xp, d);
+void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                              const ps_conv_direct_dims *d) {
+  for (int i = 0; i < ng; i++) ps_conv_direct_dw_c(lanes, gs[i], xps[i], d);
 }
 
 #endif

@@ -83,7 +83,10 @@ void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, c
 // lanes (OCP/8, C*3, 8, 3, 16) += per-lane partial sums of dw over the pixels of one image:
 // dout g (OC, H, W) times the shifted padded input xp.
 void ps_conv_direct_dw_c(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d);
-void ps_conv_direct_dw_avx512(float *lanes, const float *g, const float *xp, const ps_conv_direct_dims *d);
+// The AVX-512 version takes ng images at once (dout gs[i], padded input xps[i]): each register tile
+// passes over all of them, which halves its fixed costs on small images.
+void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                              const ps_conv_direct_dims *d);
 // dw (OC, C, 3, 3) += the lane partials summed in a fixed order.
 void ps_conv_direct_dw_reduce(float *dw, const float *lanes, const ps_conv_direct_dims *d);
 
