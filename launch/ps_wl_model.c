@@ -32,6 +32,7 @@
 typedef struct ps_wl_model ps_wl_model;
 struct ps_wl_model {
   const ps_config *cfg;
+  ps_run_plan plan;
   ps_comm *comm;
   ps_wl_data *data;
   ps_wl_shape shape;
@@ -507,24 +508,19 @@ static const ps_workload_ops model_ops = {
     "model", wl_spe, wl_step, wl_validate, wl_save, wl_load, wl_verify, wl_crc, ps_wl_model_destroy, wl_card,
 };
 
-ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, ps_comm *comm) {
+ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, const ps_run_plan *plan,
+                             ps_comm *comm) {
   *out = NULL;
   ps_wl_model *w = calloc(1, sizeof *w);
   if (!w) PS_FAIL(PS_ERR_MEM, "model workload");
   w->cfg = cfg;
   w->comm = comm;
   w->A = cfg->train.accumulation;
-  // The model runs on host memory today: say so instead of silently using the CPU.
+  w->plan = *plan;
   ps_status s = PS_OK;
-  if (cfg->train.device == PS_CFG_DEV_CUDA)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.device: cuda is not supported by the model "
-                     "workload in this build (use cpu or auto)");
-  else if (cfg->train.precision == PS_CFG_PREC_BF16)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.precision: bf16 needs the GPU path, which the "
-                     "model workload does not have yet (use fp32)");
-  else if (cfg->comm.backend == PS_CFG_BACKEND_NCCL)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "comm.backend: nccl needs GPU tensors; the model "
-                     "workload trains on the CPU (use mpi or auto)");
+  if (plan->device == PS_CUDA) // until nn's device API is merged into this branch
+    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.device resolved to cuda, but the model of this "
+                     "build runs on the CPU only (set train.device: cpu)");
   if (s != PS_OK) {
     free(w);
     return s;
