@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ps_comm.h"
+#include "ps_cuda.h"
 #include "ps_rng.h"
 
 static const char *const modality_names[] = {"omics", "slide", "clinical"};
@@ -71,6 +72,7 @@ typedef struct {
 
 struct ps_model {
   ps_model_config cfg;
+  ps_device device; // of the parameter, gradient, buffer and activation arenas
   ps_param_table params, buffers;
   ps_nn_reducer reducer;
   int M;                  // tokens
@@ -258,28 +260,39 @@ static ps_status build(ps_model *m) {
   return PS_OK;
 }
 
-ps_status ps_model_create(ps_model **out, const ps_model_config *cfg) {
+ps_status ps_model_create(ps_model **out, const ps_model_config *cfg) { return ps_model_create_on(out, cfg, PS_CPU); }
+
+ps_status ps_model_create_on(ps_model **out, const ps_model_config *cfg, ps_device dev) {
   *out = NULL;
   PS_TRY(validate_config(cfg));
+  PS_REQUIRE(dev == PS_CPU || dev == PS_CUDA, "model: unknown device %d", (int)dev);
+  if (dev == PS_CUDA && ps_cuda_device_count() == 0)
+    PS_FAIL(PS_ERR_UNSUPPORTED, "model: device cuda requested but no CUDA device is visible%s",
+            PANSURV_HAVE_CUDA ? "" : " (this build has no CUDA)");
   ps_model *m = calloc(1, sizeof(*m));
   if (!m) PS_FAIL(PS_ERR_MEM, "model: out of memory");
   m->cfg = *cfg;
+  m->device = dev;
   ps_param_table_init(&m->params, "parameters", true);
   ps_param_table_init(&m->buffers, "buffers", false);
   m->M = 0;
   for (int i = 0; i < PS_NN_MODALITY_COUNT; i++) m->tok[i] = cfg->use[i] ? m->M++ : -1;
   ps_status s = build(m);
+  if (s == PS_OK) s = ps_param_table_set_device(&m->params, dev);
+  if (s == PS_OK) s = ps_param_table_set_device(&m->buffers, dev);
   if (s == PS_OK) s = ps_param_table_alloc(&m->params);
   if (s == PS_OK) s = ps_param_table_alloc(&m->buffers); // may be empty (no BatchNorm)
+  if (s == PS_OK) s = ps_param_table_init_values(&m->params, cfg->seed);
+  if (s == PS_OK) s = ps_param_table_init_values(&m->buffers, cfg->seed);
   if (s != PS_OK) {
     ps_model_destroy(m);
     return s;
   }
-  ps_param_table_init_values(&m->params, cfg->seed);
-  ps_param_table_init_values(&m->buffers, cfg->seed);
   *out = m;
   return PS_OK;
 }
+
+ps_device ps_model_device(const ps_model *m) { return m->device; }
 
 void ps_model_destroy(ps_model *m) {
   if (!m) return;
@@ -428,6 +441,9 @@ static void plan_pass(ps_model *m, planner *p) {
 
 ps_status ps_model_plan(ps_model *m, int64_t max_b) {
   PS_REQUIRE(max_b > 0, "model plan: batch %lld must be > 0", (long long)max_b);
+  if (m->device == PS_CUDA)
+    PS_FAIL(PS_ERR_UNSUPPORTED, "model plan: forward/backward on CUDA is not implemented yet (parameters, "
+                                "optimizer and checkpoints are; create the model on the CPU to train)");
   if (m->planned) {
     if (max_b <= m->max_b && m->nth == omp_get_max_threads()) return PS_OK;
     ps_arena_free(&m->act);

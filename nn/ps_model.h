@@ -98,7 +98,12 @@ typedef struct ps_model ps_model;
 
 typedef void (*ps_grad_ready_fn)(void *ctx, int64_t first_final_offset);
 
+// ps_model_create(out, cfg) == ps_model_create_on(out, cfg, PS_CPU). On PS_CUDA the parameter,
+// gradient and buffer arenas live on the current device (bind it first); initial values are
+// the CPU model's (computed on the host, uploaded).
 ps_status ps_model_create(ps_model **out, const ps_model_config *cfg);
+ps_status ps_model_create_on(ps_model **out, const ps_model_config *cfg, ps_device dev);
+ps_device ps_model_device(const ps_model *m);
 void ps_model_destroy(ps_model *m);
 const ps_model_config *ps_model_config_of(const ps_model *m);
 ps_param_table *ps_model_params(ps_model *m);  // trainable (with gradient arena)

@@ -1,0 +1,345 @@
+// ps_nn_kernels: the model's own loops as per-item kernel bodies, compiled for the host
+// (plain C, run by ps_nn_exec's OpenMP executor) and for CUDA (nvcc, run by a grid-stride
+// __global__ wrapper in ps_nn_exec_cuda.cu). One code path: the CPU model runs the same
+// bodies the GPU runs, so the CPU tests (gradchecks, 1-vs-N ranks, resume) test them.
+//
+// Rules for a body k_xxx(i, ...): item i writes only its own outputs (no atomics, no
+// shared memory, no warp shuffles), inner loops run in a fixed order, so a result has the
+// same bits on every run and on every executor up to the compilers' float contraction.
+// Items are listed next to each body ("items: B*D" = one per (b, j)).
+//
+// Dimension letters: B patients, M tokens, D width, NT valid tiles over all bags, K max
+// tiles per bag, A attention hidden, NH heads, T tokens per item, DH head width, G genes.
+#ifndef PS_NN_KERNELS_H
+#define PS_NN_KERNELS_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "ps_philox.h"
+
+#ifdef __CUDACC__
+#define PS_NN_KERNEL static inline __host__ __device__
+#else
+#define PS_NN_KERNEL static inline
+#endif
+
+// ---- copies, gathers, residuals -------------------------------------------------------------
+// dst (n, D) row r = src row (rows ? rows[r] : r) * mul + add. items: n*D
+PS_NN_KERNEL void k_gather_rows(int64_t i, float *dst, const float *src, const int64_t *rows, int64_t mul,
+                                int64_t add, int64_t d) {
+  int64_t r = i / d, j = i - r * d;
+  dst[i] = src[((rows ? rows[r] : r) * mul + add) * d + j];
+}
+// y += x. items: n
+PS_NN_KERNEL void k_add_inplace(int64_t i, float *y, const float *x) { y[i] += x[i]; }
+
+// ---- activations (in place; pre keeps the GELU input) ----------------------------------------
+// act codes are ps_nn_act values (NONE 0, RELU 1, GELU 2, TANH 3, SIGMOID 4). items: n
+#define PS_NN_GELU_K 0.7978845608028654f // sqrt(2/pi)
+#define PS_NN_GELU_C 0.044715f
+PS_NN_KERNEL void k_act_forward(int64_t i, float *x, float *pre, int act) {
+  float v = x[i];
+  switch (act) {
+  case 1: x[i] = v > 0.0f ? v : 0.0f; break;
+  case 2:
+    pre[i] = v;
+    x[i] = 0.5f * v * (1.0f + tanhf(PS_NN_GELU_K * (v + PS_NN_GELU_C * v * v * v)));
+    break;
+  case 3: x[i] = tanhf(v); break;
+  case 4: x[i] = 1.0f / (1.0f + expf(-v)); break;
+  default: break;
+  }
+}
+PS_NN_KERNEL void k_act_backward(int64_t i, float *dy, const float *out, const float *pre, int act) {
+  switch (act) {
+  case 1:
+    if (!(out[i] > 0.0f)) dy[i] = 0.0f;
+    break;
+  case 2: {
+    float x = pre[i], t = tanhf(PS_NN_GELU_K * (x + PS_NN_GELU_C * x * x * x));
+    dy[i] *= 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * PS_NN_GELU_K * (1.0f + 3.0f * PS_NN_GELU_C * x * x);
+    break;
+  }
+  case 3: dy[i] *= 1.0f - out[i] * out[i]; break;
+  case 4: dy[i] *= out[i] * (1.0f - out[i]); break;
+  default: break;
+  }
+}
+
+// ---- omics: input noise, reconstruction ------------------------------------------------------
+// Standard normal number `index` of a Philox stream, as tensor's ps_rng_normal (Box-Muller on
+// the 53-bit open uniforms 2*index, 2*index+1), usable on the device: same noise on CPU and GPU.
+PS_NN_KERNEL uint32_t k_philox_u32(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  uint64_t blk = index >> 2;
+  uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)}, w[4];
+  ps_philox4x32_block(w, ctr, key);
+  return w[index & 3];
+}
+PS_NN_KERNEL double k_philox_open_f64(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  uint64_t hi = k_philox_u32(key, stream, 2 * index), lo = k_philox_u32(key, stream, 2 * index + 1);
+  return ((double)(((hi << 32) | lo) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+PS_NN_KERNEL double k_philox_normal(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  double u1 = k_philox_open_f64(key, stream, 2 * index), u2 = k_philox_open_f64(key, stream, 2 * index + 1);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+// xn (n, G) += std * N(0,1) of row r's stream (streams (n)), element j. items: n*G
+PS_NN_KERNEL void k_input_noise(int64_t i, float *xn, float std, uint32_t key0, uint32_t key1,
+                                const uint64_t *streams, int64_t g) {
+  const uint32_t key[2] = {key0, key1};
+  int64_t r = i / g, j = i - r * g;
+  xn[i] += std * (float)k_philox_normal(key, streams[r], (uint64_t)j);
+}
+// part[r] = sum_j (rec - x)^2 over row r of (n, G), in double (stage 1 of the MSE). items: n
+PS_NN_KERNEL void k_sse_rows(int64_t r, double *part, const float *rec, const float *x, int64_t g) {
+  double s = 0;
+  for (int64_t j = r * g; j < (r + 1) * g; j++) {
+    double d = (double)rec[j] - x[j];
+    s += d * d;
+  }
+  part[r] = s;
+}
+// grec = s (rec - x). items: n*G
+PS_NN_KERNEL void k_recon_grad(int64_t i, float *grec, const float *rec, const float *x, float s) {
+  grec[i] = s * (rec[i] - x[i]);
+}
+
+// ---- fusion tokens, mean-pool head -------------------------------------------------------------
+// x (B*M, D): token (b, t) = src_t[row] + emb[t] where row = src_row[b*M + t] >= 0, else 0.
+// items: B*M*D
+PS_NN_KERNEL void k_tokens_forward(int64_t i, float *x, const float *s0, const float *s1, const float *s2,
+                                   const int64_t *src_row, const float *emb, int64_t m, int64_t d) {
+  int64_t bt = i / d, j = i - bt * d, t = bt % m, r = src_row[bt];
+  const float *s = t == 0 ? s0 : (t == 1 ? s1 : s2);
+  x[i] = r >= 0 ? s[r * d + j] + emb[t * d + j] : 0.0f;
+}
+// pool (B, D) = mean over present tokens of y; eta[b] = hb + hw . pool (double). items: B
+PS_NN_KERNEL void k_head_forward(int64_t b, float *pool, float *eta, const float *y, const uint8_t *mask,
+                                 const float *hw, const float *hb, int64_t m, int64_t d) {
+  int np = 0;
+  float *p = pool + b * d;
+  for (int64_t j = 0; j < d; j++) p[j] = 0.0f;
+  for (int64_t t = 0; t < m; t++)
+    if (mask[b * m + t]) {
+      np++;
+      for (int64_t j = 0; j < d; j++) p[j] += y[(b * m + t) * d + j];
+    }
+  double e = hb[0];
+  for (int64_t j = 0; j < d; j++) {
+    p[j] /= (float)np;
+    e += (double)hw[j] * p[j];
+  }
+  eta[b] = (float)e;
+}
+// Modality attention ma (B, M): mean over heads and present queries of prob (B, NH, M, M),
+// or 1/np over present tokens without a fusion layer (prob NULL). items: B
+PS_NN_KERNEL void k_modality_attention(int64_t b, float *ma, const float *prob, const uint8_t *mask, int64_t nh,
+                                       int64_t m) {
+  int np = 0;
+  for (int64_t t = 0; t < m; t++) np += mask[b * m + t];
+  float *a = ma + b * m;
+  for (int64_t j = 0; j < m; j++) a[j] = 0.0f;
+  if (prob) {
+    for (int64_t h = 0; h < nh; h++)
+      for (int64_t i = 0; i < m; i++)
+        if (mask[b * m + i])
+          for (int64_t j = 0; j < m; j++) a[j] += prob[((b * nh + h) * m + i) * m + j];
+    for (int64_t j = 0; j < m; j++) a[j] /= (float)(nh * np);
+  } else {
+    for (int64_t j = 0; j < m; j++) a[j] = mask[b * m + j] ? 1.0f / (float)np : 0.0f;
+  }
+}
+// Head parameter gradients: ghw[j] += sum_b deta[b] pool[b, j] (j < D), ghb[0] += sum_b deta[b]
+// (j == D). items: D+1
+PS_NN_KERNEL void k_head_backward_params(int64_t j, float *ghw, float *ghb, const float *deta, const float *pool,
+                                         int64_t bsz, int64_t d) {
+  float acc = j < d ? ghw[j] : ghb[0];
+  for (int64_t b = 0; b < bsz; b++) acc += deta[b] * (j < d ? pool[b * d + j] : 1.0f);
+  if (j < d)
+    ghw[j] = acc;
+  else
+    ghb[0] = acc;
+}
+// gy (B*M, D) = deta[b] hw[j] / np on present tokens, 0 elsewhere. items: B*M*D
+PS_NN_KERNEL void k_head_backward_tokens(int64_t i, float *gy, const float *deta, const float *hw,
+                                         const uint8_t *mask, int64_t m, int64_t d) {
+  int64_t bt = i / d, j = i - bt * d, b = bt / m;
+  int np = 0;
+  for (int64_t t = 0; t < m; t++) np += mask[b * m + t];
+  gy[i] = mask[bt] ? deta[b] * hw[j] / (float)np : 0.0f;
+}
+// gemb (M, D) += sum over batch rows with the token present of gy. items: M*D
+PS_NN_KERNEL void k_embedding_backward(int64_t i, float *gemb, const float *gy, const uint8_t *mask, int64_t bsz,
+                                       int64_t m, int64_t d) {
+  int64_t t = i / d, j = i - t * d;
+  float acc = gemb[i];
+  for (int64_t b = 0; b < bsz; b++)
+    if (mask[b * m + t]) acc += gy[(b * m + t) * d + j];
+  gemb[i] = acc;
+}
+
+// ---- bags of tiles: gated attention, tile attention, average pool ------------------------------
+// score[k] = sum_j wv[j] a[k, j] g[k, j]. items: NT
+PS_NN_KERNEL void k_gattn_scores(int64_t k, float *alpha, const float *a, const float *g, const float *wv,
+                                 int64_t na) {
+  float s = 0;
+  for (int64_t j = 0; j < na; j++) s += wv[j] * a[k * na + j] * g[k * na + j];
+  alpha[k] = s;
+}
+// In-place softmax of the scores over each bag [off[b], off[b+1]). items: B
+PS_NN_KERNEL void k_gattn_softmax(int64_t b, float *alpha, const int64_t *off) {
+  if (off[b + 1] == off[b]) return;
+  float mx = -INFINITY;
+  for (int64_t k = off[b]; k < off[b + 1]; k++)
+    if (alpha[k] > mx) mx = alpha[k];
+  double z = 0;
+  for (int64_t k = off[b]; k < off[b + 1]; k++) z += (alpha[k] = expf(alpha[k] - mx));
+  for (int64_t k = off[b]; k < off[b + 1]; k++) alpha[k] = (float)(alpha[k] / z);
+}
+// out (B, D) = sum over the bag of alpha[k] h[k]; 0 for an empty bag. items: B*D
+PS_NN_KERNEL void k_gattn_pool(int64_t i, float *out, const float *alpha, const float *h, const int64_t *off,
+                               int64_t d) {
+  int64_t b = i / d, j = i - b * d;
+  float o = 0.0f;
+  for (int64_t k = off[b]; k < off[b + 1]; k++) o += alpha[k] * h[k * d + j];
+  out[i] = o;
+}
+// The bag holding tile k: the last b with off[b] <= k (binary search over off (B+1)).
+PS_NN_KERNEL int64_t k_bag_of(int64_t k, const int64_t *off, int64_t nbags) {
+  int64_t lo = 0, hi = nbags; // off[lo] <= k < off[hi]
+  while (hi - lo > 1) {
+    int64_t mid = (lo + hi) / 2;
+    if (off[mid] <= k)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+// dal[k] = dout[bag(k)] . h[k]. items: NT
+PS_NN_KERNEL void k_gattn_backward_dal(int64_t k, float *dal, const float *dout, const float *h, const int64_t *off,
+                                       int64_t nbags, int64_t d) {
+  const float *go = dout + k_bag_of(k, off, nbags) * d;
+  float s = 0;
+  for (int64_t j = 0; j < d; j++) s += go[j] * h[k * d + j];
+  dal[k] = s;
+}
+// ds[k] = alpha[k] (dal[k] - sum_bag alpha dal) (softmax backward). items: B
+PS_NN_KERNEL void k_gattn_backward_ds(int64_t b, float *ds, const float *dal, const float *alpha,
+                                      const int64_t *off) {
+  double dot = 0;
+  for (int64_t k = off[b]; k < off[b + 1]; k++) dot += (double)alpha[k] * dal[k];
+  for (int64_t k = off[b]; k < off[b + 1]; k++) ds[k] = alpha[k] * (dal[k] - (float)dot);
+}
+// dh (NT, D) += alpha[k] dout[bag(k)]. items: NT*D
+PS_NN_KERNEL void k_gattn_backward_dh(int64_t i, float *dh, const float *alpha, const float *dout,
+                                      const int64_t *off, int64_t nbags, int64_t d) {
+  int64_t k = i / d, j = i - k * d;
+  dh[i] += alpha[k] * dout[k_bag_of(k, off, nbags) * d + j];
+}
+// da = ds wv g, dg = ds wv a (NT, A). items: NT*A
+PS_NN_KERNEL void k_gattn_backward_dadg(int64_t i, float *da, float *dg, const float *ds, const float *a,
+                                        const float *g, const float *wv, int64_t na) {
+  int64_t k = i / na, j = i - k * na;
+  da[i] = ds[k] * wv[j] * g[i];
+  dg[i] = ds[k] * wv[j] * a[i];
+}
+// dwv[j] += sum_k ds[k] a[k, j] g[k, j]. items: A
+PS_NN_KERNEL void k_gattn_backward_dwv(int64_t j, float *dwv, const float *ds, const float *a, const float *g,
+                                       int64_t nt, int64_t na) {
+  float acc = dwv[j];
+  for (int64_t k = 0; k < nt; k++) acc += ds[k] * a[k * na + j] * g[k * na + j];
+  dwv[j] = acc;
+}
+// ta (B, K) = alpha of the bag's tiles, 0 past its count. items: B*K
+PS_NN_KERNEL void k_tile_attention(int64_t i, float *ta, const float *alpha, const int64_t *off, int64_t kmax) {
+  int64_t b = i / kmax, k = i - b * kmax;
+  ta[i] = k < off[b + 1] - off[b] ? alpha[off[b] + k] : 0.0f;
+}
+// out (P) = mean of in (P, HW) in double. items: P
+PS_NN_KERNEL void k_avgpool_forward(int64_t p, float *out, const float *in, int64_t hw) {
+  double s = 0;
+  for (int64_t k = 0; k < hw; k++) s += in[p * hw + k];
+  out[p] = (float)(s / (double)hw);
+}
+// din (P, HW) += dout[p] / HW. items: P*HW
+PS_NN_KERNEL void k_avgpool_backward(int64_t i, float *din, const float *dout, int64_t hw) {
+  din[i] += dout[i / hw] / (float)hw;
+}
+
+// ---- multi-head self-attention core (qkv (B*T, 3D) -> prob, ctx) ------------------------------
+// Query (b, h, i): masked softmax of q.k * scale over valid keys, ctx = prob . v. items: B*NH*T
+PS_NN_KERNEL void k_mhsa_forward(int64_t idx, float *prob, float *ctx, const float *qkv, const uint8_t *mask,
+                                 int64_t t, int64_t d, int64_t nh, float scale) {
+  const int64_t dh = d / nh, i = idx % t, hh = (idx / t) % nh, b = idx / (t * nh);
+  float *pr = prob + idx * t;
+  const float *q = qkv + (b * t + i) * 3 * d + hh * dh;
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < t; j++) {
+    if (!mask[b * t + j]) continue;
+    const float *k = qkv + (b * t + j) * 3 * d + d + hh * dh;
+    float sc = 0;
+    for (int64_t e = 0; e < dh; e++) sc += q[e] * k[e];
+    pr[j] = sc * scale;
+    if (pr[j] > mx) mx = pr[j];
+  }
+  double z = 0;
+  for (int64_t j = 0; j < t; j++) {
+    pr[j] = mask[b * t + j] ? expf(pr[j] - mx) : 0.0f; // masked keys: exactly 0
+    z += pr[j];
+  }
+  float *cx = ctx + (b * t + i) * d + hh * dh;
+  for (int64_t e = 0; e < dh; e++) cx[e] = 0.0f;
+  for (int64_t j = 0; j < t; j++) {
+    pr[j] = (float)(pr[j] / z);
+    if (!mask[b * t + j]) continue;
+    const float *v = qkv + (b * t + j) * 3 * d + 2 * d + hh * dh;
+    for (int64_t e = 0; e < dh; e++) cx[e] += pr[j] * v[e];
+  }
+}
+// Score gradients dsc (B, NH, T, T) = prob (dctx.v - sum prob dctx.v) * scale, 0 on masked
+// keys. items: B*NH*T
+PS_NN_KERNEL void k_mhsa_backward_scores(int64_t idx, float *dsc, const float *prob, const float *dctx,
+                                         const float *qkv, const uint8_t *mask, int64_t t, int64_t d, int64_t nh,
+                                         float scale) {
+  const int64_t dh = d / nh, i = idx % t, hh = (idx / t) % nh, b = idx / (t * nh);
+  const float *pr = prob + idx * t;
+  const float *dc = dctx + (b * t + i) * d + hh * dh;
+  float *ds = dsc + idx * t;
+  double dot = 0;
+  for (int64_t j = 0; j < t; j++) {
+    float dp = 0;
+    if (mask[b * t + j]) {
+      const float *v = qkv + (b * t + j) * 3 * d + 2 * d + hh * dh;
+      for (int64_t e = 0; e < dh; e++) dp += dc[e] * v[e];
+    }
+    ds[j] = dp; // dp for now; scaled below
+    dot += (double)pr[j] * dp;
+  }
+  for (int64_t j = 0; j < t; j++) ds[j] = mask[b * t + j] ? pr[j] * (ds[j] - (float)dot) * scale : 0.0f;
+}
+// dqkv (B*T, 3D) for element (b, row, part, h, e): dq = sum_j dsc[i, j] k_j, dk = sum_i dsc[i, j] q_i,
+// dv = sum_i prob[i, j] dctx_i (rows with a masked key get no dk, dv). items: B*T*3D
+PS_NN_KERNEL void k_mhsa_backward_dqkv(int64_t idx, float *dqkv, const float *dsc, const float *prob,
+                                       const float *dctx, const float *qkv, const uint8_t *mask, int64_t t,
+                                       int64_t d, int64_t nh) {
+  const int64_t dh = d / nh, row = idx / (3 * d), col = idx - row * 3 * d, part = col / d, hh = (col - part * d) / dh,
+                e = col - part * d - hh * dh, b = row / t, r = row - b * t;
+  const float *base_s = dsc + (b * nh + hh) * t * t, *base_p = prob + (b * nh + hh) * t * t;
+  float acc = 0;
+  if (part == 0) { // dq of query r
+    for (int64_t j = 0; j < t; j++)
+      if (mask[b * t + j]) acc += base_s[r * t + j] * qkv[(b * t + j) * 3 * d + d + hh * dh + e];
+  } else if (mask[b * t + r]) {
+    for (int64_t i = 0; i < t; i++) {
+      if (part == 1)
+        acc += base_s[i * t + r] * qkv[(b * t + i) * 3 * d + hh * dh + e];
+      else
+        acc += base_p[i * t + r] * dctx[(b * t + i) * d + hh * dh + e];
+    }
+  }
+  dqkv[idx] += acc;
+}
+
+#endif
