@@ -227,6 +227,7 @@ int ps_cmd_cv(int argc, char **argv) {
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm);
+  if (rank == 0 && !quiet && plan.device == PS_CUDA) printf("pansurv cv: %s\n", ps_run_plan_describe(&plan));
   // NAME: log.name, else cv-<array job or job id>, else cv-<UTC time> (rank 0 decides)
   char name[PS_CFG_STR_MAX] = {0};
   if (rank == 0) {
