@@ -25,6 +25,7 @@ typedef struct {
 #define PS_NN_KERNEL_LIST(X)                                                                                     \
   X(gather_rows, (float *dst, const float *src, const int64_t *rows, int64_t mul, int64_t add, int64_t d),        \
     (dst, src, rows, mul, add, d))                                                                               \
+  X(fill_u8, (uint8_t *x, int v), (x, v))                                                                        \
   X(add_inplace, (float *y, const float *x), (y, x))                                                             \
   X(act_forward, (float *x, float *pre, int act), (x, pre, act))                                                  \
   X(act_backward, (float *dy, const float *out, const float *pre, int act), (dy, out, pre, act))                  \

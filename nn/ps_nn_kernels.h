@@ -31,6 +31,8 @@ PS_NN_KERNEL void k_gather_rows(int64_t i, float *dst, const float *src, const i
   int64_t r = i / d, j = i - r * d;
   dst[i] = src[((rows ? rows[r] : r) * mul + add) * d + j];
 }
+// x = v (u8). items: n
+PS_NN_KERNEL void k_fill_u8(int64_t i, uint8_t *x, int v) { x[i] = (uint8_t)v; }
 // y += x. items: n
 PS_NN_KERNEL void k_add_inplace(int64_t i, float *y, const float *x) { y[i] += x[i]; }
 
