@@ -517,6 +517,95 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   return PS_OK;
 }
 
+// ---- device-style conv block ---------------------------------------------------------------------
+int64_t ps_nn_convblock_dev_ws_floats(const ps_nn_convblock_dims *d) {
+  ps_tensor tin = WRAP(NULL, d->n > 0 ? d->n : 1, d->c, d->h, d->w), tw = WRAP(NULL, d->oc, d->c, 3, 3);
+  return ps_conv2d_workspace_floats(&tin, &tw, &conv3x3);
+}
+
+// BatchNorm mean/rstd/running statistics from the totals in s->stats (reducer included), on the
+// host: directly on the host executor; on CUDA through s->stats_h and s->chan_h (2*OC+1 doubles
+// and 4*OC floats each way).
+static ps_status bn_finish_ex(const ps_nn_exec *ex, float *mean, float *rstd, float *running_mean,
+                              float *running_var, int64_t oc, const ps_nn_bn_opts *o, ps_nn_convblock_dev_scratch *s) {
+  if (ex->device == PS_CPU) return ps_nn_bn_finish_stats(mean, rstd, running_mean, running_var, oc, o, s->stats);
+  float *mh = s->chan_h, *rh = mh + oc, *rmh = rh + oc, *rvh = rmh + oc;
+  const size_t cb = (size_t)oc * sizeof(float);
+  if (o->training) PS_TRY(ps_nn_exec_download(ex, s->stats_h, s->stats, (size_t)(2 * oc + 1) * sizeof(double)));
+  if (running_mean) {
+    PS_TRY(ps_nn_exec_download(ex, rmh, running_mean, cb));
+    PS_TRY(ps_nn_exec_download(ex, rvh, running_var, cb));
+  }
+  PS_TRY(ps_nn_bn_finish_stats(mh, rh, running_mean ? rmh : NULL, running_mean ? rvh : NULL, oc, o, s->stats_h));
+  PS_TRY(ps_nn_exec_upload(ex, mean, mh, cb));
+  PS_TRY(ps_nn_exec_upload(ex, rstd, rh, cb));
+  if (running_mean && o->training) {
+    PS_TRY(ps_nn_exec_upload(ex, running_mean, rmh, cb));
+    PS_TRY(ps_nn_exec_upload(ex, running_var, rvh, cb));
+  }
+  return PS_OK;
+}
+
+ps_status ps_nn_convblock_forward_ex(const ps_nn_exec *ex, float *pool_out, uint8_t *argmax, float *z, float *mean,
+                                     float *rstd, const float *in, const float *w, const float *gamma,
+                                     const float *beta, float *running_mean, float *running_var,
+                                     const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                     ps_nn_convblock_dev_scratch *s) {
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  PS_REQUIRE(h % 2 == 0 && wd % 2 == 0, "conv block: input %lldx%lld must be even for 2x2 pooling", (long long)h,
+             (long long)wd);
+  PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
+             (long long)oc, o->groups);
+  if (n > 0) {
+    ps_tensor tin = WRAPX(in, n, c, h, wd), tz = WRAPX(z, n, oc, h, wd), tw = WRAPX(w, oc, c, 3, 3),
+              tws = WRAPX(s->ws, s->ws_floats > 0 ? s->ws_floats : 1);
+    PS_TRY(ps_conv2d_forward(&tz, &tin, &tw, NULL, &conv3x3, &tws));
+  }
+  if (o->groups > 0) {
+    PS_TRY(ps_nn_launch_gn_stats(ex, n * o->groups, mean, rstd, z, oc, o->groups, hw, o->eps));
+  } else {
+    if (o->training) { // SyncBN: a rank without tiles still joins the reduction (count 0)
+      PS_TRY(ps_nn_launch_bn_partials(ex, n * oc, s->part, z, hw));
+      PS_TRY(ps_nn_launch_channel_totals(ex, oc, s->stats, s->part, n, oc, (double)(n * hw)));
+    }
+    PS_TRY(bn_finish_ex(ex, mean, rstd, running_mean, running_var, oc, o, s));
+  }
+  return ps_nn_launch_convblock_epilogue(ex, n * oc * (h / 2) * (wd / 2), pool_out, argmax, z, mean, rstd, gamma, beta,
+                                         oc, o->groups, h, wd);
+}
+
+ps_status ps_nn_convblock_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *dgamma, float *dbeta,
+                                      const float *dpool, const uint8_t *argmax, const float *z, const float *mean,
+                                      const float *rstd, const float *in, const float *w, const float *gamma,
+                                      const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                      ps_nn_convblock_dev_scratch *s) {
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  PS_TRY(ps_nn_launch_convblock_backward_partials(ex, n * oc, s->part, dpool, argmax, z, mean, rstd, gamma, beta, oc,
+                                                  o->groups, h, wd));
+  PS_TRY(ps_nn_launch_channel_totals(ex, oc, s->stats, s->part, n, oc, (double)(n * hw)));
+  // Local sums: parameter gradients are all-reduced later with the others.
+  PS_TRY(ps_nn_launch_norm_param_grads(ex, oc, dgamma, dbeta, s->stats, oc));
+  if (o->groups > 0) {
+    PS_TRY(ps_nn_launch_gn_backward_group(ex, n * o->groups, s->gn_ab, s->part, gamma, oc, o->groups, hw));
+    PS_TRY(ps_nn_launch_gn_backward_dz(ex, n * oc * hw, s->gz, dpool, argmax, z, mean, rstd, gamma, beta, s->gn_ab, oc,
+                                       o->groups, h, wd));
+  } else {
+    if (o->training && o->reducer.fn) {
+      const size_t sb = (size_t)(2 * oc + 1) * sizeof(double);
+      PS_TRY(ps_nn_exec_download(ex, s->stats_h, s->stats, sb));
+      PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats_h, 2 * oc + 1));
+      PS_TRY(ps_nn_exec_upload(ex, s->stats, s->stats_h, sb));
+    }
+    PS_TRY(ps_nn_launch_convblock_backward_dz_bn(ex, n * oc * hw, s->gz, dpool, argmax, z, mean, rstd, gamma, beta,
+                                                 s->stats, oc, h, wd, o->training ? 1 : 0));
+  }
+  if (n == 0) return PS_OK;
+  ps_tensor tdi = WRAPX(din, n, c, h, wd), tdw = WRAPX(dw, oc, c, 3, 3), tdo = WRAPX(s->gz, n, oc, h, wd),
+            tin = WRAPX(in, n, c, h, wd), tw = WRAPX(w, oc, c, 3, 3),
+            tws = WRAPX(s->ws, s->ws_floats > 0 ? s->ws_floats : 1);
+  return ps_conv2d_backward(din ? &tdi : NULL, &tdw, NULL, &tdo, &tin, &tw, &conv3x3, &tws);
+}
+
 // ---- gated attention (kernel bodies; GEMMs through the linear layer) -----------------------------
 ps_status ps_nn_gattn_forward_ex(const ps_nn_exec *ex, float *out, ps_nn_gattn_cache *c, const float *h,
                                  const float *v, const float *bv, const float *u, const float *bu, const float *wv,

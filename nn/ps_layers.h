@@ -135,6 +135,34 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
                                    const float *in, const float *w, const float *gamma, const float *beta,
                                    const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
 
+// ---- Device-style conv block (the CUDA path; runs on the host executor too, for tests) ----------
+// Same math and outputs as the fused block, organised for a GPU: tensor's conv on the whole tile
+// batch (cuDNN on CUDA), statistics as two-stage kernel bodies (per (tile, channel) partials,
+// per-channel totals, double), the norm + ReLU + pool epilogue and the backward as bodies. All
+// pointers on ex->device except the *_h scratch (host). SyncBN: the 2*OC+1 totals go through
+// the reducer on the host (downloaded, reduced, uploaded).
+typedef struct {
+  float *gz;         // (N, OC, H, W) dz (backward)
+  float *ws;         // conv workspace, ws_floats >= ps_nn_convblock_dev_ws_floats()
+  int64_t ws_floats;
+  double *part;      // (2 * N * OC) per (tile, channel) partial sums
+  double *stats;     // (2 * OC + 1) per-channel totals
+  double *stats_h;   // (2 * OC + 1) host copy (the same memory on the host executor)
+  float *chan_h;     // (4 * OC) host scratch: mean, rstd, running mean, running var (CUDA BatchNorm)
+  float *gn_ab;      // (2 * N * groups) GroupNorm backward coefficients
+} ps_nn_convblock_dev_scratch;
+int64_t ps_nn_convblock_dev_ws_floats(const ps_nn_convblock_dims *d);
+ps_status ps_nn_convblock_forward_ex(const ps_nn_exec *ex, float *pool_out, uint8_t *argmax, float *z, float *mean,
+                                     float *rstd, const float *in, const float *w, const float *gamma,
+                                     const float *beta, float *running_mean, float *running_var,
+                                     const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                     ps_nn_convblock_dev_scratch *s);
+ps_status ps_nn_convblock_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *dgamma, float *dbeta,
+                                      const float *dpool, const uint8_t *argmax, const float *z, const float *mean,
+                                      const float *rstd, const float *in, const float *w, const float *gamma,
+                                      const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                      ps_nn_convblock_dev_scratch *s);
+
 // ---- Gated attention pooling over bags (Ilse et al. 2018) ------------------------------
 // Bag b holds rows [off[b], off[b+1]) of h (NT, D); an empty bag gives out = 0.
 // score_k = w · (tanh(V h_k + bv) ⊙ sigmoid(U h_k + bu)); alpha = softmax over the bag;

@@ -118,21 +118,33 @@ ps_nn_reducer ps_nn_reducer_comm(ps_comm *c);
 ps_status ps_model_plan(ps_model *m, int64_t max_b);
 size_t ps_model_activation_bytes(const ps_model *m);
 
-// Forward. eta (B). recon_loss: mean squared error over present omics rows (0 if none).
+// Forward. eta (B) and recon_loss are host pointers on every device, as are the batch arrays
+// (gathered on the host into pinned staging and copied once per array on CUDA). recon_loss: mean squared error over present omics rows (0 if none).
 // training: batch statistics, dropout, input noise; step keys dropout and noise.
 ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps_model_batch *in, bool training,
                            int64_t step);
 // Divisor of the reconstruction sum of squares in backward (default: local present rows * G).
 // Distributed training passes the global count so that 1 rank == N ranks.
 void ps_model_set_recon_norm(ps_model *m, double norm);
-// Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta. Accumulates into the gradient
+// Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta, a host pointer on every device. Accumulates into the gradient
 // arena (zero it first with ps_param_zero_grad). hook (may be NULL) is called after each
 // layer group's gradients are final with the offset of its first parameter; offsets decrease.
 ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hook_ctx);
 
+// Conv blocks through the device-style path (whole-batch conv + kernel bodies; the only path on
+// CUDA) instead of the fused CPU block. On the CPU this runs the GPU's orchestration and bodies on
+// the host executor (tests compare it with the fused block). Takes effect at the next ps_model_plan.
+void ps_model_set_device_block(ps_model *m, bool on);
+// CUDA: synchronize the device around each module timer so ps_model_timers reports execution
+// times (costs the overlap of host work with the queue). Off: CUDA module times are the launch
+// times of asynchronous work (the step total stays right: backward ends with device-to-host
+// copies or the optimizer's norm, which wait). No effect on the CPU.
+void ps_model_set_timing_sync(ps_model *m, bool on);
+
 // Attention of the last forward: tiles (B, K) per-tile weights (0 past the bag's count);
 // modalities (B, M) mean over heads and present queries of the last fusion layer's weights
-// (0 for missing modalities). Pointers into the activation arena, valid until the next forward.
+// (0 for missing modalities). Host pointers on every device (copied down after forward on CUDA),
+// valid until the next forward.
 const float *ps_model_tile_attention(const ps_model *m);
 const float *ps_model_modality_attention(const ps_model *m);
 int ps_model_tokens(const ps_model *m); // M

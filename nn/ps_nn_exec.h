@@ -25,6 +25,7 @@ typedef struct {
 #define PS_NN_KERNEL_LIST(X)                                                                                     \
   X(gather_rows, (float *dst, const float *src, const int64_t *rows, int64_t mul, int64_t add, int64_t d),        \
     (dst, src, rows, mul, add, d))                                                                               \
+  X(fill_u8, (uint8_t *x, int v), (x, v))                                                                        \
   X(add_inplace, (float *y, const float *x), (y, x))                                                             \
   X(act_forward, (float *x, float *pre, int act), (x, pre, act))                                                  \
   X(act_backward, (float *dy, const float *out, const float *pre, int act), (dy, out, pre, act))                  \
@@ -77,7 +78,31 @@ typedef struct {
   X(mhsa_backward_dqkv,                                                                                          \
     (float *dqkv, const float *dsc, const float *prob, const float *dctx, const float *qkv, const uint8_t *mask,  \
      int64_t t, int64_t d, int64_t nh),                                                                          \
-    (dqkv, dsc, prob, dctx, qkv, mask, t, d, nh))
+    (dqkv, dsc, prob, dctx, qkv, mask, t, d, nh))                                                                \
+  X(bn_partials, (double *part, const float *z, int64_t hw), (part, z, hw))                                      \
+  X(channel_totals, (double *stats, const double *part, int64_t nn, int64_t oc, double count),                    \
+    (stats, part, nn, oc, count))                                                                                \
+  X(gn_stats, (float *mean, float *rstd, const float *z, int64_t oc, int groups, int64_t hw, float eps),          \
+    (mean, rstd, z, oc, groups, hw, eps))                                                                        \
+  X(convblock_epilogue,                                                                                          \
+    (float *pool_out, uint8_t *argmax, const float *z, const float *mean, const float *rstd, const float *gamma,  \
+     const float *beta, int64_t oc, int groups, int64_t h, int64_t w),                                           \
+    (pool_out, argmax, z, mean, rstd, gamma, beta, oc, groups, h, w))                                            \
+  X(convblock_backward_partials,                                                                                 \
+    (double *part, const float *dpool, const uint8_t *argmax, const float *z, const float *mean,                 \
+     const float *rstd, const float *gamma, const float *beta, int64_t oc, int groups, int64_t h, int64_t w),    \
+    (part, dpool, argmax, z, mean, rstd, gamma, beta, oc, groups, h, w))                                         \
+  X(norm_param_grads, (float *dgamma, float *dbeta, const double *stats, int64_t oc), (dgamma, dbeta, stats, oc))  \
+  X(convblock_backward_dz_bn,                                                                                    \
+    (float *gz, const float *dpool, const uint8_t *argmax, const float *z, const float *mean, const float *rstd,  \
+     const float *gamma, const float *beta, const double *stats, int64_t oc, int64_t h, int64_t w, int training), \
+    (gz, dpool, argmax, z, mean, rstd, gamma, beta, stats, oc, h, w, training))                                  \
+  X(gn_backward_group, (float *ab, const double *part, const float *gamma, int64_t oc, int groups, int64_t hw),    \
+    (ab, part, gamma, oc, groups, hw))                                                                           \
+  X(gn_backward_dz,                                                                                              \
+    (float *gz, const float *dpool, const uint8_t *argmax, const float *z, const float *mean, const float *rstd,  \
+     const float *gamma, const float *beta, const float *ab, int64_t oc, int groups, int64_t h, int64_t w),       \
+    (gz, dpool, argmax, z, mean, rstd, gamma, beta, ab, oc, groups, h, w))
 
 #define PS_NN_DECLARE_LAUNCH(name, params, args)                                                               \
   ps_status ps_nn_launch_##name(const ps_nn_exec *ex, int64_t n, PS_NN_UNPACK params);                         \

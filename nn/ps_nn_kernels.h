@@ -31,6 +31,8 @@ PS_NN_KERNEL void k_gather_rows(int64_t i, float *dst, const float *src, const i
   int64_t r = i / d, j = i - r * d;
   dst[i] = src[((rows ? rows[r] : r) * mul + add) * d + j];
 }
+// x = v (u8). items: n
+PS_NN_KERNEL void k_fill_u8(int64_t i, uint8_t *x, int v) { x[i] = (uint8_t)v; }
 // y += x. items: n
 PS_NN_KERNEL void k_add_inplace(int64_t i, float *y, const float *x) { y[i] += x[i]; }
 
@@ -340,6 +342,157 @@ PS_NN_KERNEL void k_mhsa_backward_dqkv(int64_t idx, float *dqkv, const float *ds
     }
   }
   dqkv[idx] += acc;
+}
+
+// ---- device-style conv block: BN/GN statistics, norm + ReLU + 2x2 max-pool epilogue, backward ----
+// Maps z (N, OC, H, W), pooled (N, OC, H/2, W/2); groups 0 = BatchNorm (statistics per channel),
+// > 0 = GroupNorm (per (tile, group)). Two-stage reductions: per (tile, channel) partials, then
+// per channel over tiles, both in double.
+// Statistics index of (tile i, channel j).
+PS_NN_KERNEL int64_t k_stat_index(int64_t i, int64_t j, int64_t oc, int groups) {
+  return groups > 0 ? i * groups + j / (oc / groups) : j;
+}
+// part[2p], part[2p+1] = sum, sum of squares of z plane p = (i, j) over HW. items: N*OC
+PS_NN_KERNEL void k_bn_partials(int64_t p, double *part, const float *z, int64_t hw) {
+  double s = 0, ss = 0;
+  for (int64_t k = p * hw; k < (p + 1) * hw; k++) {
+    s += z[k];
+    ss += (double)z[k] * z[k];
+  }
+  part[2 * p] = s;
+  part[2 * p + 1] = ss;
+}
+// stats (2*OC + 1): sum over tiles of the partials per channel; stats[2 OC] = count. items: OC
+PS_NN_KERNEL void k_channel_totals(int64_t j, double *stats, const double *part, int64_t n, int64_t oc,
+                                   double count) {
+  double a = 0, b = 0;
+  for (int64_t i = 0; i < n; i++) {
+    a += part[2 * (i * oc + j)];
+    b += part[2 * (i * oc + j) + 1];
+  }
+  stats[j] = a;
+  stats[oc + j] = b;
+  if (j == 0) stats[2 * oc] = count;
+}
+// GroupNorm statistics of (tile i, group g) over (OC/groups channels, HW). items: N*groups
+PS_NN_KERNEL void k_gn_stats(int64_t q, float *mean, float *rstd, const float *z, int64_t oc, int groups,
+                             int64_t hw, float eps) {
+  const int64_t cg = oc / groups, i = q / groups, g = q - i * groups;
+  const float *x = z + (i * oc + g * cg) * hw;
+  double s = 0, ss = 0;
+  for (int64_t k = 0; k < cg * hw; k++) {
+    s += x[k];
+    ss += (double)x[k] * x[k];
+  }
+  double m = s / (double)(cg * hw), var = ss / (double)(cg * hw) - m * m;
+  mean[q] = (float)m;
+  rstd[q] = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+}
+// Pooled output (i, j, oy, ox) = max(relu(v0), v1, v2, v3) of the window's normalized values,
+// argmax = first winner (as the fused CPU block). items: N*OC*(H/2)*(W/2)
+PS_NN_KERNEL void k_convblock_epilogue(int64_t o, float *pool_out, uint8_t *argmax, const float *z,
+                                       const float *mean, const float *rstd, const float *gamma, const float *beta,
+                                       int64_t oc, int groups, int64_t h, int64_t w) {
+  const int64_t oh = h / 2, ow = w / 2, p = o / (oh * ow), r = o - p * oh * ow, oy = r / ow, ox = r - oy * ow;
+  const int64_t i = p / oc, j = p - i * oc, si = k_stat_index(i, j, oc, groups);
+  float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
+  const float *q = z + p * h * w + 2 * oy * w + 2 * ox;
+  float v0 = q[0] * sc + sh, v1 = q[1] * sc + sh, v2 = q[w] * sc + sh, v3 = q[w + 1] * sc + sh;
+  float best = v0 > 0.0f ? v0 : 0.0f;
+  int bi = 0;
+  if (v1 > best) best = v1, bi = 1;
+  if (v2 > best) best = v2, bi = 2;
+  if (v3 > best) best = v3, bi = 3;
+  pool_out[o] = best;
+  argmax[o] = (uint8_t)bi;
+}
+// Backward partials of plane p = (i, j) over the pooled winners that pass the ReLU:
+// part[2p] = sum dy, part[2p+1] = sum dy * xhat (BatchNorm: float per output row, double
+// across rows, like the fused CPU block). items: N*OC
+PS_NN_KERNEL void k_convblock_backward_partials(int64_t p, double *part, const float *dpool, const uint8_t *argmax,
+                                                const float *z, const float *mean, const float *rstd,
+                                                const float *gamma, const float *beta, int64_t oc, int groups,
+                                                int64_t h, int64_t w) {
+  const int64_t oh = h / 2, ow = w / 2, i = p / oc, j = p - i * oc, si = k_stat_index(i, j, oc, groups);
+  const float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
+  const float *zz = z + p * h * w, *dp = dpool + p * oh * ow;
+  const uint8_t *am = argmax + p * oh * ow;
+  double sdy = 0, sdz = 0;
+  for (int64_t oy = 0; oy < oh; oy++) {
+    float ry = 0.0f, rz = 0.0f;
+    for (int64_t ox = 0; ox < ow; ox++) {
+      int bi = am[oy * ow + ox];
+      int64_t pos = (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
+      float zv = zz[pos];
+      if (groups > 0) {
+        if (zv * sc + sh > 0.0f) {
+          float gv = dp[oy * ow + ox];
+          sdy += gv;
+          sdz += (double)gv * ((zv - mean[si]) * rstd[si]);
+        }
+      } else {
+        float gv = (float)(zv * sc + sh > 0.0f) * dp[oy * ow + ox];
+        ry += gv;
+        rz += gv * zv;
+      }
+    }
+    sdy += ry;
+    sdz += rz;
+  }
+  part[2 * p] = sdy;
+  part[2 * p + 1] = groups > 0 ? sdz : (sdz - (double)mean[j] * sdy) * (double)rstd[j];
+}
+// dgamma += sum dy xhat, dbeta += sum dy from the per-channel totals. items: OC
+PS_NN_KERNEL void k_norm_param_grads(int64_t j, float *dgamma, float *dbeta, const double *stats, int64_t oc) {
+  dgamma[j] += (float)stats[oc + j];
+  dbeta[j] += (float)stats[j];
+}
+// Whether element (y, x) of a map is its 2x2 window's pooled winner, and the window's index.
+PS_NN_KERNEL int k_pool_winner(int64_t e, const uint8_t *argmax, int64_t h, int64_t w, int64_t *win) {
+  const int64_t oh = h / 2, ow = w / 2, p = e / (h * w), r = e - p * h * w, y = r / w, x = r - y * w;
+  *win = p * oh * ow + (y / 2) * ow + x / 2;
+  return argmax[*win] == (uint8_t)((y & 1) * 2 + (x & 1));
+}
+// BatchNorm dz (N, OC, H, W) = c0 + c1 z (+ g dy at a winner passing the ReLU), the fused
+// block's formula; stats (2 OC + 1) are the (reduced) totals. items: N*OC*H*W
+PS_NN_KERNEL void k_convblock_backward_dz_bn(int64_t e, float *gz, const float *dpool, const uint8_t *argmax,
+                                             const float *z, const float *mean, const float *rstd,
+                                             const float *gamma, const float *beta, const double *stats, int64_t oc,
+                                             int64_t h, int64_t w, int training) {
+  const int64_t j = (e / (h * w)) % oc;
+  const double cnt = stats[2 * oc] > 0 ? stats[2 * oc] : 1.0;
+  const float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
+  const float a = training ? (float)(stats[j] / cnt) : 0.0f, bq = training ? (float)(stats[oc + j] / cnt) : 0.0f;
+  const float mj = mean[j], rj = rstd[j], c1 = -g * rj * bq, c0 = -g * a + g * mj * rj * bq;
+  float v = c0 + c1 * z[e];
+  int64_t win;
+  if (k_pool_winner(e, argmax, h, w, &win)) v += (float)(z[e] * sc + sh > 0.0f) * g * dpool[win];
+  gz[e] = v;
+}
+// GroupNorm per (tile, group): ab = (a, bq) = (sum gamma dy, sum gamma dy xhat) / (cg HW) from the
+// per-channel partials. items: N*groups
+PS_NN_KERNEL void k_gn_backward_group(int64_t q, float *ab, const double *part, const float *gamma, int64_t oc,
+                                      int groups, int64_t hw) {
+  const int64_t cg = oc / groups, i = q / groups, g = q - i * groups;
+  double sa = 0, sb = 0;
+  for (int64_t j = g * cg; j < (g + 1) * cg; j++) {
+    sa += gamma[j] * part[2 * (i * oc + j)];
+    sb += gamma[j] * part[2 * (i * oc + j) + 1];
+  }
+  ab[2 * q] = (float)(sa / (double)(cg * hw));
+  ab[2 * q + 1] = (float)(sb / (double)(cg * hw));
+}
+// GroupNorm dz = rstd (gamma dy - a - xhat bq), dy = dpool at a winner passing the ReLU.
+// items: N*OC*H*W
+PS_NN_KERNEL void k_gn_backward_dz(int64_t e, float *gz, const float *dpool, const uint8_t *argmax, const float *z,
+                                   const float *mean, const float *rstd, const float *gamma, const float *beta,
+                                   const float *ab, int64_t oc, int groups, int64_t h, int64_t w) {
+  const int64_t p = e / (h * w), i = p / oc, j = p - i * oc, q = k_stat_index(i, j, oc, groups);
+  const float mg = mean[q], rg = rstd[q], sc = gamma[j] * rg, sh = beta[j] - mg * sc;
+  int64_t win;
+  float dy = 0.0f;
+  if (k_pool_winner(e, argmax, h, w, &win) && z[e] * sc + sh > 0.0f) dy = dpool[win];
+  gz[e] = rg * (gamma[j] * dy - ab[2 * q] - (z[e] - mg) * rg * ab[2 * q + 1]);
 }
 
 #endif
