@@ -181,7 +181,12 @@ int ps_bench_model(int argc, char **argv) {
   const bool gpu = plan.device == PS_CUDA;
   int inited = 0, rank = 0, size = 1;
   MPI_Initialized(&inited);
-  if (!inited) MPI_Init(&argc, &argv);
+  if (!inited) {
+    // On a GPU the communicator (ps_comm_init) needs MPI_THREAD_FUNNELED; the CPU bench stays as it was.
+    int provided = 0;
+    if (gpu) MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    else MPI_Init(&argc, &argv);
+  }
   MPI_Comm comm = MPI_COMM_WORLD;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);

@@ -186,11 +186,11 @@ int ps_cmd_eval(int argc, char **argv) {
   if (s == PS_OK) s = ps_config_set(&cfg, set);
   if (s == PS_OK) s = ps_config_set(&cfg, "train.workload=model");
   // A model trained on GPUs is evaluated wherever this runs: the device is this
-  // command's choice; no gradients are exchanged (comm.backend is moot) and the
-  // predictions are computed in fp32.
+  // command's choice; no gradients are exchanged (mpi: no NCCL communicator is
+  // set up for nothing) and the predictions are computed in fp32.
   snprintf(set, sizeof set, "train.device=%s", device);
   if (s == PS_OK && (s = ps_config_set(&cfg, set)) != PS_OK) ps_error_wrap(s, "--device %s", device);
-  if (s == PS_OK) s = ps_config_set(&cfg, "comm.backend=auto");
+  if (s == PS_OK) s = ps_config_set(&cfg, "comm.backend=mpi");
   if (s == PS_OK) s = ps_config_set(&cfg, "train.precision=fp32");
   if (s != PS_OK) {
     fprintf(stderr, "pansurv eval: %s\n", ps_error_message());

@@ -376,7 +376,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   double stage_s = 0;
   if (staged) { // device -> pinned host, ring all-reduce on the host, host -> device
     double ts0 = now_s();
-    PS_TRY(ps_param_table_download(pt, w->grad_host, true));
+    PS_TRY(agree(w->comm, ps_param_table_download(pt, w->grad_host, true))); // before the ring's first message
     PS_TRY(ps_grad_sync_begin(w->sync));
     ps_status fs = ps_grad_sync_finish(w->sync, &gt);
     if (fs == PS_OK) fs = ps_cuda_copy_h2d(pt->grad, w->grad_host, sizeof(float) * (size_t)pt->total);
