@@ -518,8 +518,10 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
 }
 
 // ---- device-style conv block ---------------------------------------------------------------------
-int64_t ps_nn_convblock_dev_ws_floats(const ps_nn_convblock_dims *d) {
-  ps_tensor tin = WRAP(NULL, d->n > 0 ? d->n : 1, d->c, d->h, d->w), tw = WRAP(NULL, d->oc, d->c, 3, 3);
+int64_t ps_nn_convblock_dev_ws_floats(ps_device dev, const ps_nn_convblock_dims *d) {
+  const int64_t n = d->n > 0 ? d->n : 1;
+  ps_tensor tin = ps_tensor_wrap(NULL, PS_F32, dev, PS_SHAPE(n, d->c, d->h, d->w)),
+            tw = ps_tensor_wrap(NULL, PS_F32, dev, PS_SHAPE(d->oc, d->c, 3, 3));
   return ps_conv2d_workspace_floats(&tin, &tw, &conv3x3);
 }
 

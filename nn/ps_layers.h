@@ -151,7 +151,8 @@ typedef struct {
   float *chan_h;     // (4 * OC) host scratch: mean, rstd, running mean, running var (CUDA BatchNorm)
   float *gn_ab;      // (2 * N * groups) GroupNorm backward coefficients
 } ps_nn_convblock_dev_scratch;
-int64_t ps_nn_convblock_dev_ws_floats(const ps_nn_convblock_dims *d);
+// Conv workspace floats for the whole batch d->n on device dev (cuDNN's on CUDA); -1 on bad shapes.
+int64_t ps_nn_convblock_dev_ws_floats(ps_device dev, const ps_nn_convblock_dims *d);
 ps_status ps_nn_convblock_forward_ex(const ps_nn_exec *ex, float *pool_out, uint8_t *argmax, float *z, float *mean,
                                      float *rstd, const float *in, const float *w, const float *gamma,
                                      const float *beta, float *running_mean, float *running_var,

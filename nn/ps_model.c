@@ -447,7 +447,11 @@ static void plan_pass(ps_model *m, planner *p) {
         if (oc * h * h > maxz) maxz = oc * h * h;
         if (oc * (h / 2) * (h / 2) > maxp) maxp = oc * (h / 2) * (h / 2);
         ps_nn_convblock_dims cd = {m->device_block ? NT : chunk, cin, oc, h, h};
-        int64_t ws = m->device_block ? ps_nn_convblock_dev_ws_floats(&cd) : ps_nn_convblock_ws_floats(&cd, chunk);
+        int64_t ws = m->device_block ? ps_nn_convblock_dev_ws_floats(m->device, &cd)
+                                      : ps_nn_convblock_ws_floats(&cd, chunk);
+        if (ws < 0 && p->st == PS_OK)
+          p->st = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "conv block %d: no convolution workspace size for "
+                               "%lld tiles of %lldx%lld", i + 1, (long long)cd.n, (long long)h, (long long)h);
         if (ws > maxws) maxws = ws;
         if (oc > maxoc) maxoc = oc;
         cin = oc;
@@ -535,6 +539,7 @@ ps_status ps_model_plan(ps_model *m, int64_t max_b) {
   m->nth = omp_get_max_threads();
   planner p = {m, 0, 0, 0, 0, PS_OK};
   plan_pass(m, &p);
+  if (p.st != PS_OK) return p.st;
   PS_TRY(ps_arena_init(&m->act, "activations", m->device, p.need));
   if (m->device == PS_CUDA) {
     ps_status s = ps_cuda_host_alloc((void **)&m->hst, p.need_h ? p.need_h : 1);

@@ -12,7 +12,10 @@
   extern "C" ps_status ps_nn_cuda_##name(int64_t n, PS_NN_UNPACK params) {                                     \
     if (n <= 0) return PS_OK;                                                                                  \
     g_##name<<<ps_cuda_grid(n), PS_CUDA_BLOCK>>>(n, PS_NN_UNPACK args);                                        \
-    PS_CUDA_LAUNCHED();                                                                                        \
+    cudaError_t r = cudaGetLastError();                                                                        \
+    if (r != cudaSuccess)                                                                                      \
+      return ps_error_set(PS_ERR_CUDA, __FILE__, __LINE__, "nn kernel %s (%lld items): launch failed: %s", #name, \
+                          (long long)n, cudaGetErrorString(r));                                                \
     return PS_OK;                                                                                              \
   }
 PS_NN_KERNEL_LIST(PS_NN_DEFINE_CUDA)

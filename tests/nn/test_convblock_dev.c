@@ -68,7 +68,7 @@ static int run_case(const char *what, bool training, int groups, bool reducer, u
   const ps_nn_exec ex = {PS_CPU};
   ps_nn_convblock_dev_scratch ds = {0};
   ds.gz = zalloc(n * oc * hw * 4);
-  ds.ws_floats = ps_nn_convblock_dev_ws_floats(&d);
+  ds.ws_floats = ps_nn_convblock_dev_ws_floats(PS_CPU, &d);
   ds.ws = zalloc(ds.ws_floats * 4);
   ds.part = zalloc(2 * n * oc * 8);
   ds.stats = zalloc((2 * oc + 1) * 8);
