@@ -4,7 +4,7 @@
 // gradient all-reduce, AdamW. Global batch split over the MPI ranks launched; threads from
 // OMP_NUM_THREADS (OpenMP over tiles; OpenBLAS single-threaded inside). Prints one line
 // "<N> patients/s" (median step) and breakdown lines (per-module time, GFLOP/s, sgemm ceiling).
-// --device cuda (auto: cuda when built and a GPU is visible): one GPU per rank (local rank -> GPU),
+// --device cuda (auto: cuda when built and a GPU is visible; default cpu): one GPU per rank (local rank -> GPU),
 // parameters, gradients and activations on the device, the Cox loss on the host (eta is copied
 // out), gradients all-reduced over NCCL when built (else staged through host memory and MPI),
 // AdamW on the device; the ceiling is cuBLAS sgemm (or the bf16 GEMM with --precision bf16)
@@ -141,7 +141,8 @@ int ps_bench_model(int argc, char **argv) {
   ps_model_config cfg;
   ps_model_config_default(&cfg);
   int gbatch = 64, steps = 5, warmup = 1;
-  const char *device_s = "auto", *prec_s = "fp32";
+  // Default cpu: the CPU figures (docs/performance.md, scripts/scaling.sh) keep meaning what they did on a GPU node.
+  const char *device_s = "cpu", *prec_s = "fp32";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--config") && i + 1 < argc) {
       if (parse_config(argv[++i], &cfg, &gbatch, &steps, &warmup)) return 2;
@@ -153,7 +154,7 @@ int ps_bench_model(int argc, char **argv) {
     else {
       fprintf(!strcmp(argv[i], "--help") ? stdout : stderr,
               "usage: pansurv bench model [--config FILE] [--batch N] [--steps N (>= 5)] [--warmup N]\n"
-              "                         [--device auto|cpu|cuda] [--precision fp32|bf16 (cuda)]\n");
+              "                         [--device cpu|cuda|auto (default cpu)] [--precision fp32|bf16 (cuda)]\n");
       return strcmp(argv[i], "--help") ? 2 : 0;
     }
   }

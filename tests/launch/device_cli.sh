@@ -79,5 +79,15 @@ check "[ $rc = 1 ] && echo \"\$out\" | grep -q -- '--device gpu' && [ ! -e $work
 "$bin" eval --checkpoint "$ck" --data "$work/tiny.h5" --out "$work/ev" --bootstrap 0 >/dev/null 2>&1 || fail=1
 check "[ -s $work/ev/metrics.json ]" "eval with --device auto wrote no metrics.json"
 
+# bench model: --device cuda refused without a GPU (before MPI), auto runs on the CPU and prints its rows
+cfgb=$PANSURV_SOURCE_DIR/tests/nn/bench_small.cfg
+out=$("$bin" bench model --config "$cfgb" --device cuda 2>&1); rc=$?
+check "[ $rc = 1 ] && echo \"\$out\" | grep -q 'no CUDA device'" "bench model --device cuda: rc $rc: $out"
+out=$("$bin" bench model --config "$cfgb" --precision bf16 2>&1); rc=$?
+check "[ $rc = 1 ] && echo \"\$out\" | grep -q 'train.precision'" "bench model --precision bf16 on cpu: rc $rc: $out"
+out=$("$bin" bench model --config "$cfgb" --device auto --steps 5 2>&1); rc=$?
+check "[ $rc = 0 ] && [ \$(echo \"\$out\" | grep -c ' patients/s\$') = 1 ] && echo \"\$out\" | grep -q 'sgemm ceiling'" \
+  "bench model --device auto (cpu): rc $rc: $out"
+
 [ $fail = 0 ] && echo "launch_device_cli: ok"
 exit $fail
