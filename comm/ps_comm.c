@@ -232,6 +232,23 @@ static ps_status init_mpi_state(ps_comm *c, int *argc, char ***argv, ps_comm_pro
   return PS_OK;
 }
 
+// Local rank -> GPU (ps_cuda_pick_device): every rank of the node sees every GPU, or SLURM's
+// --gpus-per-task gave each task its own; more ranks per node than GPUs otherwise is an error.
+// Collective: every rank learns whether all succeeded.
+static ps_status bind_cuda(ps_comm *c) {
+  ps_status local = PS_OK, global = PS_OK;
+  int dev = -1;
+  if (ps_cuda_device_count() == 0)
+    local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
+                         "GPU is visible", c->rank, c->local_rank);
+  else if ((local = ps_cuda_bind_local_rank(c->local_rank, c->local_size, &dev)) == PS_OK)
+    c->cuda_device = dev;
+  else
+    ps_error_wrap(local, "rank %d (local rank %d of %d on this node)", c->rank, c->local_rank, c->local_size);
+  PS_TRY(ps_comm_agree(c, local, &global));
+  return global;
+}
+
 static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
   // Every rank checks, then all agree, so a mismatch on one node cannot leave the others blocked later.
   ps_status local = cross_check_local_rank(c), global = PS_OK;
@@ -260,20 +277,7 @@ static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
   c->backend = want;
 
   c->cuda_device = -1;
-  if (c->device == PS_CUDA) {
-    // Local rank -> GPU (ps_cuda_pick_device): every rank of the node sees every GPU, or SLURM's
-    // --gpus-per-task gave each task its own; more ranks per node than GPUs otherwise is an error.
-    int dev = -1;
-    if (ps_cuda_device_count() == 0)
-      local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
-                           "GPU is visible", c->rank, c->local_rank);
-    else if ((local = ps_cuda_bind_local_rank(c->local_rank, c->local_size, &dev)) == PS_OK)
-      c->cuda_device = dev;
-    else
-      ps_error_wrap(local, "rank %d (local rank %d of %d on this node)", c->rank, c->local_rank, c->local_size);
-    PS_TRY(ps_comm_agree(c, local, &global));
-    if (global != PS_OK) return global;
-  }
+  if (c->device == PS_CUDA) PS_TRY(bind_cuda(c));
 #if PS_COMM_WITH_NCCL
   if (c->backend == PS_COMM_NCCL) PS_TRY(ps_comm_nccl_init(c));
 #endif
@@ -343,6 +347,17 @@ int ps_comm_threads(const ps_comm *c) { return c->threads; }
 ps_comm_backend ps_comm_get_backend(const ps_comm *c) { return c->backend; }
 ps_comm_progress ps_comm_get_progress(const ps_comm *c) { return c->progress; }
 int ps_comm_cuda_device(const ps_comm *c) { return c->cuda_device; }
+
+ps_status ps_comm_bind_device(ps_comm *c, ps_device dev) {
+  PS_REQUIRE(c, "ps_comm_bind_device: communicator is NULL");
+  PS_REQUIRE(dev >= 0 && dev < PS_DEVICE_COUNT, "ps_comm_bind_device: device %d out of range", (int)dev);
+  if (dev != PS_CUDA || c->cuda_device >= 0) return PS_OK; // nothing to bind, or bound already
+  PS_REQUIRE(c->backend == PS_COMM_MPI, "ps_comm_bind_device: only an MPI communicator binds after init");
+  c->device = PS_CUDA;
+  ps_status s = bind_cuda(c);
+  if (s != PS_OK) c->device = PS_CPU;
+  return s;
+}
 bool ps_comm_backend_built(ps_comm_backend b) {
   return b == PS_COMM_MPI || b == PS_COMM_AUTO || (b == PS_COMM_NCCL && PS_COMM_WITH_NCCL);
 }

@@ -68,6 +68,11 @@ ps_comm_backend ps_comm_get_backend(const ps_comm *c);
 ps_comm_progress ps_comm_get_progress(const ps_comm *c); // THREAD or TEST after init
 // GPU bound to this rank (its local rank), -1 unless device == PS_CUDA.
 int ps_comm_cuda_device(const ps_comm *c);
+// Binds the local rank to a GPU after init, as ps_comm_init does with device
+// PS_CUDA (MPI communicators: collectives keep taking host buffers). For a
+// launcher that agrees on the device across ranks first. Collective; PS_CPU
+// or an already bound communicator: nothing to do.
+ps_status ps_comm_bind_device(ps_comm *c, ps_device dev);
 // Pointer to this communicator's MPI_Comm (a dup of MPI_COMM_WORLD), for
 // libraries that need one (parallel HDF5: H5Pset_fapl_mpio). Cast to MPI_Comm *.
 void *ps_comm_mpi_world(ps_comm *c);

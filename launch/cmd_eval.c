@@ -199,7 +199,8 @@ int ps_cmd_eval(int argc, char **argv) {
   ps_comm *comm = NULL;
   ps_run_plan plan;
   if ((s = ps_run_setup(&cfg, &plan, &comm, &argc, &argv)) != PS_OK) {
-    fprintf(stderr, "pansurv eval: %s\n", ps_error_message());
+    const char *re = getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK") : getenv("SLURM_PROCID");
+    ps_run_setup_fail("eval", &comm, re ? atoi(re) : 0);
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm), R = ps_comm_size(comm);

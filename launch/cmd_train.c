@@ -102,7 +102,7 @@ int ps_cmd_train(int argc, char **argv) {
   ps_run_plan plan;
   ps_status s = ps_run_setup(&cfg, &plan, &comm, &argc, &argv);
   if (s != PS_OK) {
-    if (rank_guess == 0 || !strstr(ps_error_message(), "another rank")) fprintf(stderr, "pansurv train: %s\n", ps_error_message());
+    ps_run_setup_fail("train", &comm, rank_guess);
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm);
@@ -222,7 +222,7 @@ int ps_cmd_cv(int argc, char **argv) {
   ps_run_plan plan;
   ps_status s = ps_run_setup(&base, &plan, &comm, &argc, &argv);
   if (s != PS_OK) {
-    if (rank_guess == 0 || !strstr(ps_error_message(), "another rank")) fprintf(stderr, "pansurv cv: %s\n", ps_error_message());
+    ps_run_setup_fail("cv", &comm, rank_guess);
     free(args);
     return PS_EXIT_ERROR;
   }

@@ -3,7 +3,7 @@
 // and what this build and node offer. Pure logic (tested without a GPU);
 // ps_run_setup applies it (communicator with GPU binding, matmul precision).
 //
-//   train.device  auto : cuda when the build has CUDA and a device is visible, else cpu
+//   train.device  auto : cuda when the build has CUDA and every rank sees a device, else cpu
 //                 cuda : error (naming the key) without a CUDA build or a visible device
 //   comm.backend  auto : nccl when the model is on cuda and NCCL is built, else mpi
 //                 nccl : error with a cpu model or without NCCL
@@ -38,10 +38,18 @@ ps_status ps_run_plan_resolve(const ps_config *cfg, ps_run_caps caps, ps_run_pla
 // "cuda, gradients over nccl, bf16 matmuls" (static storage).
 const char *ps_run_plan_describe(const ps_run_plan *p);
 
-// Resolves the plan, initializes the host communicator (MPI; with a cuda plan
-// it binds local rank -> GPU) and sets the matmul precision. Collective; on
-// error nothing is left initialized and the message names the key or the
-// launch layout (ranks per node vs visible GPUs).
+// Initializes the host communicator (MPI), resolves the plan from the fewest
+// GPUs any rank sees (so every rank gets the same plan), binds local rank ->
+// GPU for a cuda plan and sets the matmul precision. Errors that do not depend
+// on the node (e.g. nccl with train.device: cpu) are found before MPI starts
+// (*comm NULL). Later errors are agreed across ranks and *comm is left up: the
+// caller reports on rank 0 and calls ps_comm_finalize. Messages name the key
+// and config file, or the launch layout (ranks per node vs visible GPUs).
+// Writes nothing.
 ps_status ps_run_setup(const ps_config *cfg, ps_run_plan *plan, ps_comm **comm, int *argc, char ***argv);
+// After a failed ps_run_setup: prints "pansurv CMD: <message>" once (rank 0; a
+// rank whose GPU binding failed says its own too) and finalizes *comm if up.
+// rank_guess: the launcher's rank variable, for errors found before MPI.
+void ps_run_setup_fail(const char *cmd, ps_comm **comm, int rank_guess);
 
 #endif

@@ -54,6 +54,12 @@ refuse comm.backend "resolved to cpu" -- --set comm.backend=nccl --set train.dev
 refuse comm.backend "resolved to cpu" -- --set comm.backend=nccl
 refuse train.precision "cuda or auto" -- --set train.precision=bf16 --set train.device=cpu
 refuse train.precision "resolved to cpu" -- --set train.precision=bf16
+# 2 ranks: the device is agreed across ranks after MPI starts; one message (rank 0), exit 1 on both
+out=$(mpirun -np 2 --oversubscribe --mca mpi_yield_when_idle 1 -x CUDA_VISIBLE_DEVICES "$bin" train "$work/run.yaml" \
+      --quiet --set log.name=x --set train.device=cuda 2>&1); rc=$?
+echo "  [2 ranks, train.device=cuda] -> rc $rc, $(echo "$out" | grep -c 'train.device: cuda') message line(s)"
+check "[ $rc != 0 ] && [ \$(echo \"\$out\" | grep -c 'pansurv train: .*train.device: cuda') = 1 ] && [ ! -e $work/runs ]" \
+  "2 ranks with train.device cuda: rc $rc: $out"
 # the same through pansurv cv (its folds live under the run directory too)
 out=$("$bin" cv "$work/run.yaml" --quiet --set log.name=cvx --set train.device=cuda 2>&1); rc=$?
 check '[ $rc = 1 ] && echo "$out" | grep -q train.device && [ ! -e $work/runs ]' "cv with train.device cuda: rc $rc: $out"
