@@ -136,6 +136,8 @@ void ps_model_set_recon_norm(ps_model *m, double norm);
 // Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta, a host pointer on every device. Accumulates into the gradient
 // arena (zero it first with ps_param_zero_grad). hook (may be NULL) is called after each
 // layer group's gradients are final with the offset of its first parameter; offsets decrease.
+// On CUDA the hook fires when the group's kernels are queued on the default stream, not when
+// they have run: a consumer on another stream (NCCL) must order itself after them (an event).
 ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hook_ctx);
 
 // Conv blocks through the device-style path (whole-batch conv + kernel bodies; the only path on
