@@ -101,6 +101,17 @@ struct ps_model {
   bool sync_timers;       // CUDA: synchronize around module timers
   int64_t max_b;
   ps_nn_exec ex;
+  // Batch inputs (o_x, c_x, s_x0 and their host staging) come in two sets on CUDA: the forward
+  // computes on set in_cur while ps_model_stage fills the other on its own stream.
+  struct {
+    float *o_x, *o_x_h, *c_x, *c_x_h, *s_x0, *s_x0_h;
+  } in_set[2];
+  int in_cur, n_sets;
+  bool staged;                  // set 1 - in_cur holds staged_batch (copies queued on copy_stream)
+  ps_model_batch staged_batch;
+  ps_cuda_stream copy_stream;
+  ps_cuda_event ev_copied[2];   // the set's H2D copies are done (recorded on copy_stream)
+  ps_cuda_event ev_free;        // recorded on the default stream when a stage starts
   // omics
   int64_t *o_rows, *o_rows_h;      // (B) batch rows with omics
   uint64_t *o_streams_h;           // (B) dropout row streams (host: tensor's dropout uploads them)
@@ -314,6 +325,10 @@ void ps_model_destroy(ps_model *m) {
   ps_param_table_free(&m->buffers);
   if (m->planned) ps_arena_free(&m->act);
   if (m->hst) ps_cuda_host_free(m->hst);
+  if (m->copy_stream) ps_cuda_stream_destroy(m->copy_stream);
+  for (int i = 0; i < 2; i++)
+    if (m->ev_copied[i]) ps_cuda_event_destroy(m->ev_copied[i]);
+  if (m->ev_free) ps_cuda_event_destroy(m->ev_free);
   free(m);
 }
 
@@ -408,8 +423,10 @@ static void plan_pass(ps_model *m, planner *p) {
     m->o_streams_h = take_h(p, (size_t)B * sizeof(uint64_t));
     m->o_nstreams = take(p, (size_t)B * sizeof(uint64_t));
     m->o_nstreams_h = TWIN(p, m->o_nstreams, B);
-    m->o_x = TAKE_F(p, B * G);
-    m->o_x_h = TWIN(p, m->o_x, B * G);
+    for (int k = 0; k < m->n_sets; k++) {
+      m->in_set[k].o_x = TAKE_F(p, B * G);
+      m->in_set[k].o_x_h = TWIN(p, m->in_set[k].o_x, B * G);
+    }
     m->o_xn = TAKE_F(p, B * G);
     m->o_h1 = TAKE_F(p, B * HA);
     m->o_h1d = TAKE_F(p, B * HA);
@@ -431,8 +448,10 @@ static void plan_pass(ps_model *m, planner *p) {
     m->s_off_h = TWIN(p, m->s_off, B + 1);
     if (c->slide_mode == PS_SLIDE_TILES) {
       const int64_t S = c->tile_size;
-      m->s_x0 = TAKE_F(p, NT * 3 * S * S);
-      m->s_x0_h = TWIN(p, m->s_x0, NT * 3 * S * S);
+      for (int k = 0; k < m->n_sets; k++) {
+        m->in_set[k].s_x0 = TAKE_F(p, NT * 3 * S * S);
+        m->in_set[k].s_x0_h = TWIN(p, m->in_set[k].s_x0, NT * 3 * S * S);
+      }
       const int64_t chunk = ps_nn_convblock_chunk();
       const int64_t groups = c->cnn_norm_groups;
       int64_t cin = 3, h = S, maxz = 0, maxp = 0, maxws = 0, maxoc = 0;
@@ -480,8 +499,10 @@ static void plan_pass(ps_model *m, planner *p) {
         m->s_scr.stats = take(p, (size_t)(nth * (2 * maxoc + 1)) * sizeof(double));
       }
     } else {
-      m->s_x0 = TAKE_F(p, NT * c->feat_dim);
-      m->s_x0_h = TWIN(p, m->s_x0, NT * c->feat_dim);
+      for (int k = 0; k < m->n_sets; k++) {
+        m->in_set[k].s_x0 = TAKE_F(p, NT * c->feat_dim);
+        m->in_set[k].s_x0_h = TWIN(p, m->in_set[k].s_x0, NT * c->feat_dim);
+      }
     }
     m->s_h = TAKE_F(p, NT * D);
     m->s_att.a = TAKE_F(p, NT * A);
@@ -495,8 +516,10 @@ static void plan_pass(ps_model *m, planner *p) {
   if (c->use[PS_NN_CLINICAL]) {
     m->c_rows = take(p, (size_t)B * sizeof(int64_t));
     m->c_rows_h = TWIN(p, m->c_rows, B);
-    m->c_x = TAKE_F(p, B * c->clinical);
-    m->c_x_h = TWIN(p, m->c_x, B * c->clinical);
+    for (int k = 0; k < m->n_sets; k++) {
+      m->in_set[k].c_x = TAKE_F(p, B * c->clinical);
+      m->in_set[k].c_x_h = TWIN(p, m->in_set[k].c_x, B * c->clinical);
+    }
     m->c_h = TAKE_F(p, B * c->clinical_hidden);
     m->c_z = TAKE_F(p, B * D);
     m->c_gh = TAKE_F(p, B * c->clinical_hidden);
@@ -537,6 +560,14 @@ ps_status ps_model_plan(ps_model *m, int64_t max_b) {
   }
   m->max_b = max_b;
   m->nth = omp_get_max_threads();
+  m->n_sets = m->device == PS_CUDA ? 2 : 1;
+  m->in_cur = 0;
+  m->staged = false;
+  if (m->device == PS_CUDA && !m->copy_stream) {
+    PS_TRY(ps_cuda_stream_create(&m->copy_stream));
+    for (int i = 0; i < 2; i++) PS_TRY(ps_cuda_event_create(&m->ev_copied[i]));
+    PS_TRY(ps_cuda_event_create(&m->ev_free));
+  }
   planner p = {m, 0, 0, 0, 0, PS_OK};
   plan_pass(m, &p);
   if (p.st != PS_OK) return p.st;
@@ -560,15 +591,130 @@ ps_status ps_model_plan(ps_model *m, int64_t max_b) {
   return PS_OK;
 }
 
+// ---- batch inputs: host gather into a set's staging, one copy per array ---------------------------
+static bool present(const ps_model_batch *in, const uint8_t *flags, int64_t b) {
+  return flags && flags[b * (in->present_stride > 0 ? in->present_stride : 1)];
+}
+
+typedef struct {
+  int64_t n_o, n_c, nt; // present omics rows, clinical rows, valid tiles
+} input_counts;
+
+// Validates the batch's inputs and gathers present rows / valid tiles (packed) into set k's
+// host staging (on the CPU: the activations themselves).
+static ps_status gather_inputs(ps_model *m, const ps_model_batch *in, int k, input_counts *cnt) {
+  const ps_model_config *c = &m->cfg;
+  memset(cnt, 0, sizeof(*cnt));
+  if (c->use[PS_NN_OMICS]) {
+    const int64_t G = c->genes;
+    for (int64_t b = 0; b < in->b; b++)
+      if (present(in, in->omics_present, b)) {
+        PS_REQUIRE(in->omics, "model forward: omics_present is set but the omics matrix is NULL");
+        memcpy(m->in_set[k].o_x_h + cnt->n_o * G, in->omics + b * G, (size_t)G * sizeof(float));
+        cnt->n_o++;
+      }
+  }
+  if (c->use[PS_NN_SLIDE]) {
+    const int64_t K = c->max_tiles;
+    const int64_t isz = c->slide_mode == PS_SLIDE_TILES ? 3 * c->tile_size * c->tile_size : c->feat_dim;
+    const float *src = c->slide_mode == PS_SLIDE_TILES ? in->tiles : in->features;
+    for (int64_t b = 0; b < in->b; b++) {
+      int32_t nk = in->tile_count ? in->tile_count[b] : 0;
+      if (nk < 0 || nk > K)
+        PS_FAIL(PS_ERR_DATA, "model forward: patient %lld (batch row %lld) has tile count %d, expected 0..%lld",
+                (long long)in->patient_id[b], (long long)b, (int)nk, (long long)K);
+      if (nk > 0) {
+        PS_REQUIRE(src, "model forward: tile counts are set but the %s array is NULL",
+                   c->slide_mode == PS_SLIDE_TILES ? "tiles" : "features");
+        memcpy(m->in_set[k].s_x0_h + cnt->nt * isz, src + b * K * isz, (size_t)(nk * isz) * sizeof(float));
+      }
+      cnt->nt += nk;
+    }
+  }
+  if (c->use[PS_NN_CLINICAL]) {
+    const int64_t C = c->clinical;
+    for (int64_t b = 0; b < in->b; b++)
+      if (present(in, in->clinical_present, b)) {
+        memcpy(m->in_set[k].c_x_h + cnt->n_c * C, in->clinical + b * C, (size_t)C * sizeof(float));
+        cnt->n_c++;
+      }
+  }
+  return PS_OK;
+}
+
+// Copies set k's staging to the device: synchronously (s NULL) or queued on stream s.
+static ps_status upload_inputs(ps_model *m, int k, const input_counts *cnt, ps_cuda_stream s) {
+  const ps_model_config *c = &m->cfg;
+  if (m->device == PS_CPU) return PS_OK; // staging is the activation
+  const int64_t isz = c->slide_mode == PS_SLIDE_TILES ? 3 * c->tile_size * c->tile_size : c->feat_dim;
+  struct {
+    bool use;
+    float *d, *h;
+    int64_t n;
+  } arr[3] = {{c->use[PS_NN_OMICS], m->in_set[k].o_x, m->in_set[k].o_x_h, cnt->n_o * c->genes},
+              {c->use[PS_NN_SLIDE], m->in_set[k].s_x0, m->in_set[k].s_x0_h, cnt->nt * isz},
+              {c->use[PS_NN_CLINICAL], m->in_set[k].c_x, m->in_set[k].c_x_h, cnt->n_c * c->clinical}};
+  for (int i = 0; i < 3; i++) {
+    if (!arr[i].use || arr[i].n == 0) continue;
+    size_t nb = (size_t)arr[i].n * sizeof(float);
+    PS_TRY(s ? ps_cuda_copy_h2d_async(arr[i].d, arr[i].h, nb, s) : ps_cuda_copy_h2d(arr[i].d, arr[i].h, nb));
+  }
+  return PS_OK;
+}
+
+static bool same_batch(const ps_model_batch *a, const ps_model_batch *b) {
+  return a->b == b->b && a->patient_id == b->patient_id && a->omics == b->omics &&
+         a->omics_present == b->omics_present && a->clinical == b->clinical &&
+         a->clinical_present == b->clinical_present && a->tiles == b->tiles && a->features == b->features &&
+         a->tile_count == b->tile_count && a->present_stride == b->present_stride;
+}
+
+ps_status ps_model_stage(ps_model *m, const ps_model_batch *in) {
+  PS_REQUIRE(m->planned, "model stage: call ps_model_plan first");
+  PS_REQUIRE(in->b >= 0 && in->b <= m->max_b, "model stage: batch %lld exceeds the planned %lld", (long long)in->b,
+             (long long)m->max_b);
+  if (m->device == PS_CPU) return PS_OK; // nothing to overlap: forward gathers into the activations
+  const int k = 1 - m->in_cur;
+  m->staged = false;
+  // The set's previous copies are long done (a forward waited for them); its host staging may be
+  // rewritten once they are. The new copies start after everything queued so far on the default
+  // stream, i.e. after the last step that computed on this set.
+  PS_TRY(ps_cuda_event_synchronize(m->ev_copied[k]));
+  input_counts cnt;
+  PS_TRY(gather_inputs(m, in, k, &cnt));
+  PS_TRY(ps_cuda_event_record(m->ev_free, NULL));
+  PS_TRY(ps_cuda_stream_wait_event(m->copy_stream, m->ev_free));
+  PS_TRY(upload_inputs(m, k, &cnt, m->copy_stream));
+  PS_TRY(ps_cuda_event_record(m->ev_copied[k], m->copy_stream));
+  m->staged_batch = *in;
+  m->staged = true;
+  return PS_OK;
+}
+
+// Makes the batch's inputs current: the staged set if it holds this batch (the default stream
+// waits for its copies, the host does not), else a synchronous gather + copy into the current set.
+static ps_status inputs_for_forward(ps_model *m, const ps_model_batch *in) {
+  if (m->staged && same_batch(&m->staged_batch, in)) {
+    m->in_cur = 1 - m->in_cur;
+    PS_TRY(ps_cuda_stream_wait_event(NULL, m->ev_copied[m->in_cur]));
+  } else {
+    input_counts cnt;
+    if (m->device == PS_CUDA) PS_TRY(ps_cuda_event_synchronize(m->ev_copied[m->in_cur]));
+    PS_TRY(gather_inputs(m, in, m->in_cur, &cnt));
+    PS_TRY(upload_inputs(m, m->in_cur, &cnt, NULL));
+  }
+  m->staged = false;
+  m->o_x = m->in_set[m->in_cur].o_x, m->o_x_h = m->in_set[m->in_cur].o_x_h;
+  m->c_x = m->in_set[m->in_cur].c_x, m->c_x_h = m->in_set[m->in_cur].c_x_h;
+  m->s_x0 = m->in_set[m->in_cur].s_x0, m->s_x0_h = m->in_set[m->in_cur].s_x0_h;
+  return PS_OK;
+}
+
 // ---- forward ---------------------------------------------------------------------------------------
 #define PD(i) ps_param_data(&m->params, (i))
 #define PG(i) ps_param_grad(&m->params, (i))
 #define BD(i) ps_param_data(&m->buffers, (i))
 #define EX (&m->ex)
-
-static bool present(const ps_model_batch *in, const uint8_t *flags, int64_t b) {
-  return flags && flags[b * (in->present_stride > 0 ? in->present_stride : 1)];
-}
 
 static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t step, double *recon) {
   const ps_model_config *c = &m->cfg;
@@ -579,16 +725,13 @@ static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t st
   m->n_o = n;
   *recon = 0;
   if (!n) return PS_OK;
-  PS_REQUIRE(in->omics, "model forward: omics_present is set but the omics matrix is NULL");
-  // Host: gather the present rows into the staging (the activation itself on the CPU), stream keys.
+  // Host: stream keys of the present rows (o_x holds them, gathered by inputs_for_forward).
   for (int64_t r = 0; r < n; r++) {
     int64_t b = m->o_rows_h[r];
-    memcpy(m->o_x_h + r * G, in->omics + b * G, (size_t)G * sizeof(float));
     m->o_nstreams_h[r] = ps_rng_stream(PS_RNG_NOISE, (uint64_t)step, (uint64_t)in->patient_id[b], 0);
     m->o_streams_h[r] = ps_rng_stream(PS_RNG_DROPOUT, (uint64_t)step, (uint64_t)in->patient_id[b], DROPOUT_LAYER_AE);
   }
   PS_TRY(ps_nn_exec_upload(EX, m->o_rows, m->o_rows_h, (size_t)n * sizeof(int64_t)));
-  PS_TRY(ps_nn_exec_upload(EX, m->o_x, m->o_x_h, (size_t)(n * G) * sizeof(float)));
   PS_TRY(ps_nn_exec_copy(EX, m->o_xn, m->o_x, (size_t)(n * G) * sizeof(float)));
   if (m->training && c->ae_input_noise > 0) {
     PS_TRY(ps_nn_exec_upload(EX, m->o_nstreams, m->o_nstreams_h, (size_t)n * sizeof(uint64_t)));
@@ -620,27 +763,12 @@ static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t st
 static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
   const ps_model_config *c = &m->cfg;
   const int64_t K = c->max_tiles, D = c->d, A = c->attn_hidden;
-  m->s_off_h[0] = 0;
-  for (int64_t b = 0; b < in->b; b++) {
-    int32_t k = in->tile_count ? in->tile_count[b] : 0;
-    if (k < 0 || k > K)
-      PS_FAIL(PS_ERR_DATA, "model forward: patient %lld (batch row %lld) has tile count %d, expected 0..%lld",
-              (long long)in->patient_id[b], (long long)b, (int)k, (long long)K);
-    m->s_off_h[b + 1] = m->s_off_h[b] + k;
-  }
+  m->s_off_h[0] = 0; // tile counts were validated by gather_inputs
+  for (int64_t b = 0; b < in->b; b++) m->s_off_h[b + 1] = m->s_off_h[b] + (in->tile_count ? in->tile_count[b] : 0);
   const int64_t nt = m->s_off_h[in->b];
   m->n_t = nt;
   PS_TRY(ps_nn_exec_upload(EX, m->s_off, m->s_off_h, (size_t)(in->b + 1) * sizeof(int64_t)));
   ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
-  const int64_t isz = c->slide_mode == PS_SLIDE_TILES ? 3 * c->tile_size * c->tile_size : c->feat_dim;
-  const float *src = c->slide_mode == PS_SLIDE_TILES ? in->tiles : in->features;
-  PS_REQUIRE(nt == 0 || src, "model forward: tile counts are set but the %s array is NULL",
-             c->slide_mode == PS_SLIDE_TILES ? "tiles" : "features");
-  for (int64_t b = 0; b < in->b; b++) // valid tiles, packed, into the staging
-    if (m->s_off_h[b + 1] > m->s_off_h[b])
-      memcpy(m->s_x0_h + m->s_off_h[b] * isz, src + b * K * isz,
-             (size_t)((m->s_off_h[b + 1] - m->s_off_h[b]) * isz) * sizeof(float));
-  PS_TRY(ps_nn_exec_upload(EX, m->s_x0, m->s_x0_h, (size_t)(nt * isz) * sizeof(float)));
   if (c->slide_mode == PS_SLIDE_TILES) {
     // SyncBN: a rank with no tiles still joins the statistics all-reduce (count 0).
     const float *x = m->s_x0;
@@ -684,12 +812,8 @@ static ps_status forward_clinical(ps_model *m, const ps_model_batch *in) {
   const int64_t C = c->clinical, HC = c->clinical_hidden, D = c->d;
   int64_t n = 0;
   for (int64_t b = 0; b < in->b; b++)
-    if (present(in, in->clinical_present, b)) {
-      memcpy(m->c_x_h + n * C, in->clinical + b * C, (size_t)C * sizeof(float));
-      m->c_rows_h[n++] = b;
-    }
+    if (present(in, in->clinical_present, b)) m->c_rows_h[n++] = b;
   m->n_c = n;
-  PS_TRY(ps_nn_exec_upload(EX, m->c_x, m->c_x_h, (size_t)(n * C) * sizeof(float)));
   PS_TRY(ps_nn_exec_upload(EX, m->c_rows, m->c_rows_h, (size_t)n * sizeof(int64_t)));
   PS_TRY(ps_nn_linear_forward_ex(EX, m->c_h, NULL, m->c_x, PD(m->c1w), PD(m->c1b), n, C, HC, PS_NN_ACT_RELU));
   PS_TRY(ps_nn_linear_forward_ex(EX, m->c_z, NULL, m->c_h, PD(m->c2w), PD(m->c2b), n, HC, D, PS_NN_ACT_NONE));
@@ -778,6 +902,7 @@ ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps
               (long long)in->patient_id[b], (long long)b, en);
     }
   }
+  PS_TRY(inputs_for_forward(m, in));
   m->B = in->b;
   m->training = training;
   memset(m->t_fwd, 0, sizeof m->t_fwd);

@@ -123,12 +123,21 @@ size_t ps_model_activation_bytes(const ps_model *m);
 // training: batch statistics, dropout, input noise; step keys dropout and noise.
 ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps_model_batch *in, bool training,
                            int64_t step);
+// Next-batch prefetch (CUDA): gathers `in`'s rows on the host into the spare pinned staging
+// and queues their copies to the device on the model's own stream, after the work queued so far,
+// so they overlap the current step. The next ps_model_forward with the same batch (same
+// pointers and b) uses them without waiting on the host; any other batch is gathered and copied
+// synchronously as usual (the staging is dropped). The arrays behind `in` must not change until
+// that forward. A no-op on the CPU (the forward gathers straight into the activations).
+ps_status ps_model_stage(ps_model *m, const ps_model_batch *in);
 // Divisor of the reconstruction sum of squares in backward (default: local present rows * G).
 // Distributed training passes the global count so that 1 rank == N ranks.
 void ps_model_set_recon_norm(ps_model *m, double norm);
 // Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta, a host pointer on every device. Accumulates into the gradient
 // arena (zero it first with ps_param_zero_grad). hook (may be NULL) is called after each
 // layer group's gradients are final with the offset of its first parameter; offsets decrease.
+// On CUDA the hook fires when the group's kernels are queued on the default stream, not when
+// they have run: a consumer on another stream (NCCL) must order itself after them (an event).
 ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hook_ctx);
 
 // Conv blocks through the device-style path (whole-batch conv + kernel bodies; the only path on

@@ -3,9 +3,11 @@
 // running statistics, tile/modality attention, the eval forward after one AdamW step, and the
 // AdamW step itself (both run on the CPU run's gradient, so it tests the optimizer alone), for
 // BatchNorm and GroupNorm. Normalized error ||gpu - cpu|| / ||cpu||.
-// Also: a checkpoint of the CUDA model has the bytes of the CPU model's (same parameter CRC).
+// Also: next-batch prefetch (ps_model_stage) gives bit-identical eta to an unstaged forward, and
+// a staged batch that is not the one forwarded is ignored; a checkpoint of the CUDA model has the bytes of the CPU model's (same parameter CRC).
 // Without a visible device (or without CUDA) it prints SKIP and exits 77 (CTest: skipped).
 #include <math.h>
+#include <string.h>
 
 #include "model_step.h"
 #include "ps_checkpoint.h"
@@ -32,6 +34,41 @@ int main(void) {
     ms_compare(what, &gpu, &cpu, TOL_F32);
     ms_free(&cpu);
     ms_free(&gpu);
+  }
+  // Prefetch: stage(B) while "computing" A, then forward(B) == unstaged forward(B), bit for bit.
+  {
+    ps_model_config cfg;
+    ms_config(&cfg, 0, seed);
+    static float om[2][MS_B * MS_G], cl[2][MS_B * MS_C], ti[2][MS_B * MS_K * 3 * MS_S * MS_S];
+    static const int64_t pid[MS_B] = {1, 2, 3, 4};
+    static const uint8_t yes[MS_B] = {1, 1, 1, 1};
+    static const int32_t tc[2][MS_B] = {{3, 1, 2, 0}, {1, 3, 0, 2}};
+    ps_model_batch bt[2];
+    for (int k = 0; k < 2; k++) {
+      ps_tu_fill_uniform(om[k], MS_B * MS_G, -1, 1, seed, 30 + k);
+      ps_tu_fill_uniform(cl[k], MS_B * MS_C, -1, 1, seed, 40 + k);
+      ps_tu_fill_uniform(ti[k], MS_B * MS_K * 3 * MS_S * MS_S, -1, 1, seed, 50 + k);
+      bt[k] = (ps_model_batch){MS_B, pid, om[k], yes, cl[k], yes, ti[k], NULL, tc[k], 0};
+    }
+    ps_model *m;
+    TU_OK(ps_model_create_on(&m, &cfg, PS_CUDA));
+    TU_OK(ps_model_plan(m, MS_B));
+    float ref[2][MS_B], got[MS_B];
+    double rec;
+    for (int k = 0; k < 2; k++) TU_OK(ps_model_forward(m, ref[k], &rec, &bt[k], false, 0));
+    TU_OK(ps_model_forward(m, got, &rec, &bt[0], false, 0));
+    TU_OK(ps_model_stage(m, &bt[1])); // overlaps the (already queued) work of batch 0
+    TU_OK(ps_model_forward(m, got, &rec, &bt[1], false, 0));
+    TU_CHECK(!memcmp(got, ref[1], sizeof got), "staged forward differs from the unstaged one");
+    TU_OK(ps_model_stage(m, &bt[1])); // staged, but batch 0 comes: the staging is ignored
+    TU_OK(ps_model_forward(m, got, &rec, &bt[0], false, 0));
+    TU_CHECK(!memcmp(got, ref[0], sizeof got), "forward after a mismatched stage differs");
+    TU_OK(ps_model_stage(m, &bt[0])); // twice in a row: the second wins
+    TU_OK(ps_model_stage(m, &bt[1]));
+    TU_OK(ps_model_forward(m, got, &rec, &bt[1], false, 0));
+    TU_CHECK(!memcmp(got, ref[1], sizeof got), "forward after two stages differs");
+    printf("prefetch: staged forwards match the unstaged ones bit for bit\n");
+    ps_model_destroy(m);
   }
   // Same initial values on both devices: the checkpoint CRC of the fresh models agrees.
   ps_model_config cfg;

@@ -6,6 +6,7 @@
 #ifndef PS_TEST_MODEL_STEP_H
 #define PS_TEST_MODEL_STEP_H
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -58,6 +58,14 @@ int main(void) {
     for (int64_t i = 0; i < pt->total; i++) nz += h2[i] != 0.0f;
     TU_CHECK(nz == 0, "%lld nonzero fresh gradients", (long long)nz);
     TU_CHECK(ps_param_table_set_device(pt, PS_CUDA) != PS_OK, "set_device after alloc accepted");
+    // ps_model_stage: refused before planning / beyond the plan, a no-op on the CPU.
+    ps_model_batch none = {0};
+    TU_CHECK(ps_model_stage(m, &none) != PS_OK, "stage before plan accepted");
+    TU_OK(ps_model_plan(m, 2));
+    TU_OK(ps_model_stage(m, &none));
+    none.b = 3;
+    TU_CHECK(ps_model_stage(m, &none) != PS_OK && strstr(ps_error_message(), "exceeds the planned 2"), "stage: %s",
+             ps_error_message());
     free(h), free(h2);
     ps_model_destroy(m);
   }
