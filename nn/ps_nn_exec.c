@@ -5,13 +5,16 @@
 #include "ps_cuda.h"
 #include "ps_nn_kernels.h"
 
-// Host executor: OpenMP over items (serial below 256 items: a parallel region costs
-// more than the work). Every item is independent, so the thread count never changes a result.
+// Host executor: OpenMP over items, serial below 2^18 items. The model's small loops (tokens,
+// head, attention cores, row gathers: thousands of items of a few flops) cost less than a
+// parallel region's fork and barrier, which on a loaded or shared core can take milliseconds
+// (measured: fusion 0.5 -> 60 ms per step with a 256-item threshold, 2 threads on 2 busy cores).
+// Every item is independent, so the thread count never changes a result.
 #define PS_NN_DEFINE_LAUNCH(name, params, args)                                                               \
   ps_status ps_nn_launch_##name(const ps_nn_exec *ex, int64_t n, PS_NN_UNPACK params) {                       \
     if (n <= 0) return PS_OK;                                                                                  \
     if (ex->device == PS_CUDA) return ps_nn_cuda_##name(n, PS_NN_UNPACK args);                                 \
-    _Pragma("omp parallel for schedule(static) if (n >= 256)")                          \
+    _Pragma("omp parallel for schedule(static) if (n >= (1 << 18))")                          \
     for (int64_t i = 0; i < n; i++) k_##name(i, PS_NN_UNPACK args);                                            \
     return PS_OK;                                                                                              \
   }
