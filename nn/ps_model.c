@@ -408,8 +408,12 @@ static void *take_h(planner *p, size_t bytes) {
   p->used_h += fp;
   return ptr;
 }
-// The host twin of device array d: d itself on the CPU.
-static void *twin(planner *p, void *d, size_t bytes) { return p->m->device == PS_CPU ? d : take_h(p, bytes); }
+// The host twin of device array d: d itself on the CPU, except with the device-style path, where
+// the CPU model keeps separate twins and really copies (memcpy), so a missing upload or download
+// shows up in the CPU tests as a wrong result.
+static void *twin(planner *p, void *d, size_t bytes) {
+  return p->m->device == PS_CPU && !p->m->device_block ? d : take_h(p, bytes);
+}
 #define TAKE_F(p, n) ((float *)take((p), (size_t)(n) * sizeof(float)))
 #define TWIN(p, d, n) ((__typeof__(d))twin((p), (d), (size_t)(n) * sizeof(*(d))))
 
@@ -591,6 +595,8 @@ ps_status ps_model_plan(ps_model *m, int64_t max_b) {
   return PS_OK;
 }
 
+#define EX (&m->ex)
+
 // ---- batch inputs: host gather into a set's staging, one copy per array ---------------------------
 static bool present(const ps_model_batch *in, const uint8_t *flags, int64_t b) {
   return flags && flags[b * (in->present_stride > 0 ? in->present_stride : 1)];
@@ -645,7 +651,6 @@ static ps_status gather_inputs(ps_model *m, const ps_model_batch *in, int k, inp
 // Copies set k's staging to the device: synchronously (s NULL) or queued on stream s.
 static ps_status upload_inputs(ps_model *m, int k, const input_counts *cnt, ps_cuda_stream s) {
   const ps_model_config *c = &m->cfg;
-  if (m->device == PS_CPU) return PS_OK; // staging is the activation
   const int64_t isz = c->slide_mode == PS_SLIDE_TILES ? 3 * c->tile_size * c->tile_size : c->feat_dim;
   struct {
     bool use;
@@ -657,7 +662,8 @@ static ps_status upload_inputs(ps_model *m, int k, const input_counts *cnt, ps_c
   for (int i = 0; i < 3; i++) {
     if (!arr[i].use || arr[i].n == 0) continue;
     size_t nb = (size_t)arr[i].n * sizeof(float);
-    PS_TRY(s ? ps_cuda_copy_h2d_async(arr[i].d, arr[i].h, nb, s) : ps_cuda_copy_h2d(arr[i].d, arr[i].h, nb));
+    // CPU: a no-op when the staging is the activation, a memcpy with separate twins.
+    PS_TRY(s ? ps_cuda_copy_h2d_async(arr[i].d, arr[i].h, nb, s) : ps_nn_exec_upload(EX, arr[i].d, arr[i].h, nb));
   }
   return PS_OK;
 }
@@ -714,7 +720,6 @@ static ps_status inputs_for_forward(ps_model *m, const ps_model_batch *in) {
 #define PD(i) ps_param_data(&m->params, (i))
 #define PG(i) ps_param_grad(&m->params, (i))
 #define BD(i) ps_param_data(&m->buffers, (i))
-#define EX (&m->ex)
 
 static ps_status forward_omics(ps_model *m, const ps_model_batch *in, int64_t step, double *recon) {
   const ps_model_config *c = &m->cfg;

@@ -142,7 +142,9 @@ ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, 
 
 // Conv blocks through the device-style path (whole-batch conv + kernel bodies; the only path on
 // CUDA) instead of the fused CPU block. On the CPU this runs the GPU's orchestration and bodies on
-// the host executor (tests compare it with the fused block). Takes effect at the next ps_model_plan.
+// the host executor, with host staging/index/result buffers separate from the "device" activations
+// and every host<->device copy done as a memcpy (tests compare it with the default path, so a
+// missing copy shows). Set it before ps_model_plan; changing it later drops the plan (plan again).
 void ps_model_set_device_block(ps_model *m, bool on);
 // CUDA: synchronize the device around each module timer so ps_model_timers reports execution
 // times (costs the overlap of host work with the queue). Off: CUDA module times are the launch

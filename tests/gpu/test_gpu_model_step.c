@@ -3,11 +3,13 @@
 // running statistics, tile/modality attention, the eval forward after one AdamW step, and the
 // AdamW step itself (both run on the CPU run's gradient, so it tests the optimizer alone), for
 // BatchNorm and GroupNorm. Normalized error ||gpu - cpu|| / ||cpu||.
-// Also: next-batch prefetch (ps_model_stage) gives bit-identical eta to an unstaged forward, and
+// Also: checkpoints written from the CUDA model load bit-identically on the CPU and back;
+// next-batch prefetch (ps_model_stage) gives bit-identical eta to an unstaged forward, and
 // a staged batch that is not the one forwarded is ignored; a checkpoint of the CUDA model has the bytes of the CPU model's (same parameter CRC).
 // Without a visible device (or without CUDA) it prints SKIP and exits 77 (CTest: skipped).
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model_step.h"
 #include "ps_checkpoint.h"
@@ -79,6 +81,25 @@ int main(void) {
   uint32_t ca = ps_checkpoint_param_crc(ps_model_params(a)), cb = ps_checkpoint_param_crc(ps_model_params(b));
   printf("initial parameter CRC cpu %08x cuda %08x\n", ca, cb);
   TU_CHECK(ca == cb && ca != 0, "initial parameters differ: crc %08x vs %08x", ca, cb);
+  // Checkpoints cross devices: CUDA model (with moved parameters) -> file -> CPU model, bit for bit.
+  {
+    ps_param_table *pb = ps_model_params(b), *pa = ps_model_params(a);
+    float *h = malloc((size_t)pb->total * sizeof(float));
+    TU_OK(ps_param_table_download(pb, h, false));
+    for (int64_t i = 0; i < pb->total; i++) h[i] = 0.5f * h[i] + 0.25f;
+    TU_OK(ps_param_table_upload(pb, h));
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/ps_gpu_ckpt_%d.h5", (int)getpid());
+    TU_OK(ps_checkpoint_write(path, b, NULL, NULL, NULL, 0, NULL));
+    TU_OK(ps_checkpoint_read(path, a, NULL, NULL));
+    TU_CHECK(!memcmp(pa->data, h, (size_t)pa->total * sizeof(float)), "cuda checkpoint read on the cpu differs");
+    TU_OK(ps_checkpoint_read(path, b, NULL, NULL)); // and back onto the device
+    float *h2 = malloc((size_t)pb->total * sizeof(float));
+    TU_OK(ps_param_table_download(pb, h2, false));
+    TU_CHECK(!memcmp(h2, h, (size_t)pb->total * sizeof(float)), "checkpoint read onto cuda differs");
+    remove(path);
+    free(h), free(h2);
+  }
   ps_model_destroy(a);
   ps_model_destroy(b);
   return ps_tu_finish("gpu_model_step");
