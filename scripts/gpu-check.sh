@@ -60,8 +60,13 @@ log="$bdir.ctest.log"
 ctest --test-dir "$bdir" -R '^(gpu_|tensor_cuda|comm_nccl|nn_.*(cuda|gpu))' -V >"$log" 2>&1
 ctest_rc=$?
 while read -r num name verdict; do
-  # A test that finds no device prints a line with SKIP (ctest -V prefixes it "<num>: ") and passes.
-  [ "$verdict" = Passed ] && grep -qE "^${num}: .*SKIP" "$log" && verdict="skipped (no device)"
+  # A test that finds no device prints SKIP and exits 77 (ctest: Skipped); one that
+  # prints SKIP and passes counts as skipped too. On a GPU machine a skip is a failure.
+  [ "$verdict" = Passed ] && grep -qE "^${num}: .*SKIP" "$log" && verdict=Skipped
+  if [ "$verdict" = Skipped ]; then
+    if [ "$gpus" -gt 0 ]; then verdict="Failed (skipped although $gpus GPU(s) are visible)"; ctest_rc=1
+    else verdict="skipped (no device)"; fi
+  fi
   record "$name" "$verdict"
 done < <(sed -n 's/^ *[0-9]*\/[0-9]* Test *#\([0-9]*\): \([^ ]*\) \.*[* ]*\([A-Za-z]*\).*/\1 \2 \3/p' "$log")
 [ "${#names[@]}" -eq 0 ] && record "ctest (no GPU tests found)" "Failed"

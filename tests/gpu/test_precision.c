@@ -114,7 +114,7 @@ static double cmp(const char *what, const ps_tensor *d, const ps_tensor *h, doub
 }
 
 static int test_bf16_ops(void) {
-  if (no_gpu("gpu_bf16_ops")) return 0;
+  if (no_gpu("gpu_bf16_ops")) return OT_SKIP;
   TU_OK(ps_ops_set_matmul_precision(PS_MATMUL_BF16));
   // GEMM, all four transpose combinations, with bias and beta.
   enum { M = 37, N = 53, K = 300 };
