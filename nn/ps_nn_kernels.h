@@ -70,28 +70,12 @@ PS_NN_KERNEL void k_act_backward(int64_t i, float *dy, const float *out, const f
 }
 
 // ---- omics: input noise, reconstruction ------------------------------------------------------
-// Standard normal number `index` of a Philox stream, as tensor's ps_rng_normal (Box-Muller on
-// the 53-bit open uniforms 2*index, 2*index+1), usable on the device: same noise on CPU and GPU.
-PS_NN_KERNEL uint32_t k_philox_u32(const uint32_t key[2], uint64_t stream, uint64_t index) {
-  uint64_t blk = index >> 2;
-  uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)}, w[4];
-  ps_philox4x32_block(w, ctr, key);
-  return w[index & 3];
-}
-PS_NN_KERNEL double k_philox_open_f64(const uint32_t key[2], uint64_t stream, uint64_t index) {
-  uint64_t hi = k_philox_u32(key, stream, 2 * index), lo = k_philox_u32(key, stream, 2 * index + 1);
-  return ((double)(((hi << 32) | lo) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-PS_NN_KERNEL double k_philox_normal(const uint32_t key[2], uint64_t stream, uint64_t index) {
-  double u1 = k_philox_open_f64(key, stream, 2 * index), u2 = k_philox_open_f64(key, stream, 2 * index + 1);
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
 // xn (n, G) += std * N(0,1) of row r's stream (streams (n)), element j. items: n*G
 PS_NN_KERNEL void k_input_noise(int64_t i, float *xn, float std, uint32_t key0, uint32_t key1,
                                 const uint64_t *streams, int64_t g) {
   const uint32_t key[2] = {key0, key1};
   int64_t r = i / g, j = i - r * g;
-  xn[i] += std * (float)k_philox_normal(key, streams[r], (uint64_t)j);
+  xn[i] += std * (float)ps_philox_normal(key, streams[r], (uint64_t)j); // = ps_rng_normal (ps_philox.h)
 }
 // part[r] = sum_j (rec - x)^2 over row r of (n, G), in double (stage 1 of the MSE). items: n
 PS_NN_KERNEL void k_sse_rows(int64_t r, double *part, const float *rec, const float *x, int64_t g) {
