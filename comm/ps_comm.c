@@ -232,6 +232,23 @@ static ps_status init_mpi_state(ps_comm *c, int *argc, char ***argv, ps_comm_pro
   return PS_OK;
 }
 
+// Local rank -> GPU (ps_cuda_pick_device): every rank of the node sees every GPU, or SLURM's
+// --gpus-per-task gave each task its own; more ranks per node than GPUs otherwise is an error.
+// Collective: every rank learns whether all succeeded.
+static ps_status bind_cuda(ps_comm *c) {
+  ps_status local = PS_OK, global = PS_OK;
+  int dev = -1;
+  if (ps_cuda_device_count() == 0)
+    local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
+                         "GPU is visible", c->rank, c->local_rank);
+  else if ((local = ps_cuda_bind_local_rank(c->local_rank, c->local_size, &dev)) == PS_OK)
+    c->cuda_device = dev;
+  else
+    ps_error_wrap(local, "rank %d (local rank %d of %d on this node)", c->rank, c->local_rank, c->local_size);
+  PS_TRY(ps_comm_agree(c, local, &global));
+  return global;
+}
+
 static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
   // Every rank checks, then all agree, so a mismatch on one node cannot leave the others blocked later.
   ps_status local = cross_check_local_rank(c), global = PS_OK;
@@ -256,31 +273,11 @@ static ps_status init_rest(ps_comm *c, const ps_comm_options *opt) {
             "(configure with -DPANSURV_NCCL=ON and a CUDA toolkit that has NCCL)");
   if (want == PS_COMM_NCCL && c->device != PS_CUDA)
     PS_FAIL(PS_ERR_ARG, "comm backend nccl needs device cuda (collective buffers on the GPU)");
-  if (want == PS_COMM_MPI && c->device == PS_CUDA)
-    PS_FAIL(PS_ERR_UNSUPPORTED, "comm backend mpi works on host buffers; with device cuda use backend nccl or auto");
+  // MPI with device cuda: the GPU is bound, collectives take host buffers (the caller stages device data).
   c->backend = want;
 
   c->cuda_device = -1;
-  if (c->device == PS_CUDA) {
-    local = PS_OK;
-    int n = ps_cuda_device_count();
-    if (n == 0)
-      local = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "rank %d (local %d): device cuda requested but no "
-                           "GPU is visible", c->rank, c->local_rank);
-    else if (n > 1 && c->local_size > n)
-      local = ps_error_set(PS_ERR_CONFIG, __FILE__, __LINE__, "rank %d: %d ranks on this node but %d visible GPUs; "
-                           "launch one rank per GPU (srun --ntasks-per-node=%d --gpus-per-task=1, or fewer ranks)",
-                           c->rank, c->local_size, n, n);
-    else {
-      // n >= local size: local rank -> device. n == 1 with several local ranks: the launcher gave each rank its
-      // own GPU (srun --gpus-per-task=1 sets CUDA_VISIBLE_DEVICES per task); if they really share one, NCCL's
-      // init reports the duplicate GPU.
-      c->cuda_device = n == 1 ? 0 : c->local_rank;
-      local = ps_cuda_set_device(c->cuda_device);
-    }
-    PS_TRY(ps_comm_agree(c, local, &global));
-    if (global != PS_OK) return global;
-  }
+  if (c->device == PS_CUDA) PS_TRY(bind_cuda(c));
 #if PS_COMM_WITH_NCCL
   if (c->backend == PS_COMM_NCCL) PS_TRY(ps_comm_nccl_init(c));
 #endif
@@ -350,6 +347,20 @@ int ps_comm_threads(const ps_comm *c) { return c->threads; }
 ps_comm_backend ps_comm_get_backend(const ps_comm *c) { return c->backend; }
 ps_comm_progress ps_comm_get_progress(const ps_comm *c) { return c->progress; }
 int ps_comm_cuda_device(const ps_comm *c) { return c->cuda_device; }
+
+ps_status ps_comm_bind_device(ps_comm *c, ps_device dev) {
+  PS_REQUIRE(c, "ps_comm_bind_device: communicator is NULL");
+  PS_REQUIRE(dev >= 0 && dev < PS_DEVICE_COUNT, "ps_comm_bind_device: device %d out of range", (int)dev);
+  if (dev != PS_CUDA || c->cuda_device >= 0) return PS_OK; // nothing to bind, or bound already
+  PS_REQUIRE(c->backend == PS_COMM_MPI, "ps_comm_bind_device: only an MPI communicator binds after init");
+  c->device = PS_CUDA;
+  ps_status s = bind_cuda(c);
+  if (s != PS_OK) c->device = PS_CPU;
+  return s;
+}
+bool ps_comm_backend_built(ps_comm_backend b) {
+  return b == PS_COMM_MPI || b == PS_COMM_AUTO || (b == PS_COMM_NCCL && PS_COMM_WITH_NCCL);
+}
 void *ps_comm_mpi_world(ps_comm *c) { return &c->world; }
 void ps_comm_set_compute_stream(ps_comm *c, void *cuda_stream) { c->compute_stream = cuda_stream; }
 

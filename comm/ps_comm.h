@@ -30,8 +30,13 @@ typedef enum { PS_PROGRESS_AUTO = 0, PS_PROGRESS_THREAD, PS_PROGRESS_TEST, PS_PR
 const char *ps_comm_progress_name(ps_comm_progress p);
 ps_status ps_comm_progress_parse(const char *s, ps_comm_progress *out);
 
+// Whether this build has the backend (MPI always; NCCL when built with it).
+bool ps_comm_backend_built(ps_comm_backend b);
+
 typedef struct {
-  ps_comm_backend backend; // AUTO: NCCL when `device` is PS_CUDA and NCCL is built, else MPI
+  // AUTO: NCCL when `device` is PS_CUDA and NCCL is built, else MPI. MPI with
+  // device PS_CUDA binds the GPU but collectives take host buffers.
+  ps_comm_backend backend;
   ps_device device;        // where collective buffers live
   int threads_per_rank;    // 0: from OMP_NUM_THREADS / SLURM_CPUS_PER_TASK / cores per local rank
 } ps_comm_options;
@@ -40,7 +45,10 @@ typedef struct {
 // initialized by someone else is reused), reads rank/size/local rank/local
 // size/node count, cross-checks the local rank against SLURM_LOCALID /
 // OMPI_COMM_WORLD_LOCAL_RANK, binds the local rank to a GPU when device ==
-// PS_CUDA. Collective: every rank fails together. Collectives of one ps_comm
+// PS_CUDA (ps_cuda_bind_local_rank: CUDA_VISIBLE_DEVICES and SLURM's
+// --gpus-per-task respected; more ranks per node than GPUs is an error).
+// ps_comm_init may be called again after MPI is up (e.g. an NCCL communicator
+// beside an MPI one); only the first one finalizes MPI, so finalize it last. Collective: every rank fails together. Collectives of one ps_comm
 // are issued in the same order on every rank. Blocking waits are bounded by a
 // watchdog of PANSURV_COMM_TIMEOUT seconds (default 600, 0 = off): past it the
 // rank exits with status 70 (or the polling call fails) instead of hanging.
@@ -60,6 +68,11 @@ ps_comm_backend ps_comm_get_backend(const ps_comm *c);
 ps_comm_progress ps_comm_get_progress(const ps_comm *c); // THREAD or TEST after init
 // GPU bound to this rank (its local rank), -1 unless device == PS_CUDA.
 int ps_comm_cuda_device(const ps_comm *c);
+// Binds the local rank to a GPU after init, as ps_comm_init does with device
+// PS_CUDA (MPI communicators: collectives keep taking host buffers). For a
+// launcher that agrees on the device across ranks first. Collective; PS_CPU
+// or an already bound communicator: nothing to do.
+ps_status ps_comm_bind_device(ps_comm *c, ps_device dev);
 // Pointer to this communicator's MPI_Comm (a dup of MPI_COMM_WORLD), for
 // libraries that need one (parallel HDF5: H5Pset_fapl_mpio). Cast to MPI_Comm *.
 void *ps_comm_mpi_world(ps_comm *c);

@@ -4,6 +4,11 @@
 // gradient all-reduce, AdamW. Global batch split over the MPI ranks launched; threads from
 // OMP_NUM_THREADS (OpenMP over tiles; OpenBLAS single-threaded inside). Prints one line
 // "<N> patients/s" (median step) and breakdown lines (per-module time, GFLOP/s, sgemm ceiling).
+// --device cuda (auto: cuda when built and a GPU is visible; default cpu): one GPU per rank (local rank -> GPU),
+// parameters, gradients and activations on the device, the Cox loss on the host (eta is copied
+// out), gradients all-reduced over NCCL when built (else staged through host memory and MPI),
+// AdamW on the device; the ceiling is cuBLAS sgemm (or the bf16 GEMM with --precision bf16)
+// on the same GPU. Stage timers are read after synchronizing the device.
 #include <cblas.h>
 #include <math.h>
 #include <mpi.h>
@@ -12,8 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_comm.h"
 #include "ps_commands.h"
 #include "ps_cox.h"
+#include "ps_cuda.h"
+#include "ps_device_plan.h"
 #include "ps_model.h"
 #include "ps_optim.h"
 #include "ps_rng.h"
@@ -51,6 +59,30 @@ static double sgemm_gflops(int reps) {
   }
   free(a), free(b), free(c);
   return 2.0 * n * n * (double)n / best / 1e9;
+}
+
+// GEMM ceiling of this rank's GPU at the current matmul precision: 4096^3 through
+// ps_gemm on device tensors, best of `reps` after one untimed call. 0 on failure.
+static double gpu_gemm_gflops(int reps) {
+  const int64_t n = 4096;
+  void *p[3] = {NULL, NULL, NULL};
+  double best = 1e30;
+  for (int i = 0; i < 3; i++)
+    if (ps_cuda_malloc(&p[i], sizeof(float) * (size_t)(n * n)) != PS_OK || ps_cuda_memset_zero(p[i], sizeof(float) * (size_t)(n * n)) != PS_OK) goto out;
+  {
+    ps_tensor a = ps_tensor_wrap(p[0], PS_F32, PS_CUDA, PS_SHAPE(n, n)), b = ps_tensor_wrap(p[1], PS_F32, PS_CUDA, PS_SHAPE(n, n));
+    ps_tensor c = ps_tensor_wrap(p[2], PS_F32, PS_CUDA, PS_SHAPE(n, n));
+    for (int r = 0; r <= reps; r++) {
+      if (ps_cuda_synchronize() != PS_OK) goto out;
+      double t = omp_get_wtime();
+      if (ps_gemm(&c, &a, false, &b, false, NULL, 1.0f, 0.0f) != PS_OK || ps_cuda_synchronize() != PS_OK) goto out;
+      t = omp_get_wtime() - t;
+      if (r && t < best) best = t;
+    }
+  }
+out:
+  for (int i = 0; i < 3; i++) ps_cuda_free(p[i]);
+  return best < 1e30 ? 2.0 * (double)n * n * n / best / 1e9 : 0;
 }
 
 static int parse_config(const char *path, ps_model_config *c, int *batch, int *steps, int *warmup) {
@@ -109,15 +141,20 @@ int ps_bench_model(int argc, char **argv) {
   ps_model_config cfg;
   ps_model_config_default(&cfg);
   int gbatch = 64, steps = 5, warmup = 1;
+  // Default cpu: the CPU figures (docs/performance.md, scripts/scaling.sh) keep meaning what they did on a GPU node.
+  const char *device_s = "cpu", *prec_s = "fp32";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--config") && i + 1 < argc) {
       if (parse_config(argv[++i], &cfg, &gbatch, &steps, &warmup)) return 2;
     } else if (!strcmp(argv[i], "--batch") && i + 1 < argc) gbatch = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--device") && i + 1 < argc) device_s = argv[++i];
+    else if (!strcmp(argv[i], "--precision") && i + 1 < argc) prec_s = argv[++i];
     else {
       fprintf(!strcmp(argv[i], "--help") ? stdout : stderr,
-              "usage: pansurv bench model [--config FILE] [--batch N] [--steps N (>= 5)] [--warmup N]\n");
+              "usage: pansurv bench model [--config FILE] [--batch N] [--steps N (>= 5)] [--warmup N]\n"
+              "                         [--device cpu|cuda|auto (default cpu)] [--precision fp32|bf16 (cuda)]\n");
       return strcmp(argv[i], "--help") ? 2 : 0;
     }
   }
@@ -125,13 +162,49 @@ int ps_bench_model(int argc, char **argv) {
     fprintf(stderr, "pansurv bench model: need steps in 5..%d, batch > 0, warmup >= 0\n", BENCH_MAX_STEPS);
     return 2;
   }
+  // Same resolution as `pansurv train` (train.device, train.precision), before MPI starts.
+  ps_config rc_cfg;
+  ps_config_defaults(&rc_cfg);
+  snprintf(rc_cfg.source, sizeof rc_cfg.source, "bench model");
+  char set[128];
+  snprintf(set, sizeof set, "train.device=%s", device_s);
+  ps_status ss = ps_config_set(&rc_cfg, set);
+  if (ss == PS_OK) {
+    snprintf(set, sizeof set, "train.precision=%s", prec_s);
+    ss = ps_config_set(&rc_cfg, set);
+  }
+  if (ss != PS_OK) {
+    fprintf(stderr, "pansurv bench model: %s\n", ps_error_message());
+    return 2;
+  }
+  ps_run_plan plan;
+  if ((ss = ps_run_plan_resolve(&rc_cfg, ps_run_caps_probe(), &plan)) != PS_OK) return ps_report_error("bench model", ss);
+  const bool gpu = plan.device == PS_CUDA;
   int inited = 0, rank = 0, size = 1;
   MPI_Initialized(&inited);
-  if (!inited) MPI_Init(&argc, &argv);
+  if (!inited) {
+    // On a GPU the communicator (ps_comm_init) needs MPI_THREAD_FUNNELED; the CPU bench stays as it was.
+    int provided = 0;
+    if (gpu) MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    else MPI_Init(&argc, &argv);
+  }
   MPI_Comm comm = MPI_COMM_WORLD;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
   openblas_set_num_threads(1); // parallelism is OpenMP over tiles; BLAS calls run inside it
+  ps_comm *gcomm = NULL; // cuda: binds local rank -> GPU; its all-reduce is NCCL when built
+  float *ghost = NULL;   // cuda without NCCL: gradients staged through this host copy
+  if (gpu) {
+    ps_comm_options go = {PS_COMM_AUTO, PS_CUDA, 0};
+    ps_status gs = ps_comm_init(&gcomm, &argc, &argv, &go);
+    if (gs == PS_OK) gs = ps_ops_set_matmul_precision(plan.precision);
+    if (gs != PS_OK) {
+      int code = ps_report_error("bench model", gs);
+      if (gcomm) ps_comm_finalize(gcomm);
+      if (!inited) MPI_Finalize();
+      return code;
+    }
+  }
   const int nth = omp_get_max_threads();
   int rc = 0;
   // This rank's share of the global batch (unequal shares allowed).
@@ -145,7 +218,10 @@ int ps_bench_model(int argc, char **argv) {
   int64_t *pid = NULL;
   int32_t *tc = NULL;
   int *counts = NULL, *displs = NULL;
-  ps_status s = ps_model_create(&m, &cfg);
+  ps_status s = ps_model_create_on(&m, &cfg, plan.device);
+  // The per-module rows need each module's kernels finished before its clock is read (costs
+  // the overlap of host work with the GPU queue, so the step is a little slower than in training).
+  if (s == PS_OK && gpu) ps_model_set_timing_sync(m, true);
   if (s == PS_OK) s = ps_model_plan(m, lb > 0 ? lb : 1);
   if (s == PS_OK) s = ps_cox_work_create(&cox, gbatch);
   if (s != PS_OK) {
@@ -199,14 +275,14 @@ int ps_bench_model(int argc, char **argv) {
                        cfg.slide_mode == PS_SLIDE_FEATURES ? tiles : NULL, tc, 0};
   double step_t[BENCH_MAX_STEPS], opt_t[BENCH_MAX_STEPS], comm_t[BENCH_MAX_STEPS], loss_t[BENCH_MAX_STEPS];
   double mod_t[PS_MT_COUNT][BENCH_MAX_STEPS], flops[PS_MT_COUNT] = {0};
-  double gemm0 = sgemm_gflops(5), gemm_mid = 0, last_loss = 0;
+  double gemm0 = gpu ? gpu_gemm_gflops(3) : sgemm_gflops(5), gemm_mid = 0, last_loss = 0;
   for (int it = 0; it < warmup + steps; it++) {
     // The ceiling is sampled between steps too: on a shared machine the best sample is the fair one.
-    if (it > 0) gemm_mid = fmax(gemm_mid, sgemm_gflops(1));
+    if (it > 0 && !gpu) gemm_mid = fmax(gemm_mid, sgemm_gflops(1));
     MPI_Barrier(comm);
     double t0 = omp_get_wtime(), rec = 0;
-    ps_param_zero_grad(pt);
-    s = ps_model_forward(m, eta, &rec, &in, true, it);
+    s = ps_param_zero_grad(pt);
+    if (s == PS_OK) s = ps_model_forward(m, eta, &rec, &in, true, it); // eta comes back to the host
     double tl = omp_get_wtime();
     // Global-batch loss: gather eta, every rank computes the same Cox gradient and keeps its rows.
     MPI_Allgatherv(eta, lb, MPI_FLOAT, eta_all, counts, displs, MPI_FLOAT, comm);
@@ -220,11 +296,24 @@ int ps_bench_model(int argc, char **argv) {
     ps_model_set_recon_norm(m, agg[1] * (double)G); // global mean over present rows
     double tl1 = omp_get_wtime();
     if (s == PS_OK) s = ps_model_backward(m, deta_all + first, 0.1f, NULL, NULL);
+    if (s == PS_OK && gpu) s = ps_cuda_synchronize();
     double tc0 = omp_get_wtime();
-    if (size > 1) MPI_Allreduce(MPI_IN_PLACE, pt->grad, (int)pt->total, MPI_FLOAT, MPI_SUM, comm);
+    if (s == PS_OK && size > 1) {
+      if (!gpu) MPI_Allreduce(MPI_IN_PLACE, pt->grad, (int)pt->total, MPI_FLOAT, MPI_SUM, comm);
+      else if (ps_comm_get_backend(gcomm) == PS_COMM_NCCL) {
+        s = ps_comm_allreduce(gcomm, PS_IN_PLACE, pt->grad, pt->total, PS_F32, PS_OP_SUM);
+        if (s == PS_OK) s = ps_cuda_synchronize();
+      } else {
+        if (!ghost && !(ghost = malloc(sizeof(float) * (size_t)pt->total))) s = PS_ERR_MEM;
+        if (s == PS_OK) s = ps_param_table_download(pt, ghost, true);
+        if (s == PS_OK) MPI_Allreduce(MPI_IN_PLACE, ghost, (int)pt->total, MPI_FLOAT, MPI_SUM, comm);
+        if (s == PS_OK) s = ps_cuda_copy_h2d(pt->grad, ghost, sizeof(float) * (size_t)pt->total);
+      }
+    }
     double to = omp_get_wtime();
     double gn = 0;
     if (s == PS_OK) s = ps_optim_step(&opt, pt->data, pt->grad, &gn);
+    if (s == PS_OK && gpu) s = ps_cuda_synchronize();
     double t1 = omp_get_wtime();
     if (s != PS_OK) {
       rc = ps_report_error("bench model", s);
@@ -244,20 +333,31 @@ int ps_bench_model(int argc, char **argv) {
       }
     }
   }
-  double gemm1 = sgemm_gflops(5), ceiling = fmax(fmax(gemm0, gemm1), gemm_mid);
+  double gemm1 = gpu ? gpu_gemm_gflops(3) : sgemm_gflops(5), ceiling = fmax(fmax(gemm0, gemm1), gemm_mid);
   if (!isfinite(last_loss)) {
     fprintf(stderr, "pansurv bench model: loss is %g\n", last_loss);
     rc = 1;
   }
   double med = median(step_t, steps);
+  // %ceiling: against threads x the 1-thread sgemm on the CPU, against the GPU's own GEMM on cuda.
+  const int units = gpu ? 1 : nth;
   if (rank == 0) {
     printf("%.2f patients/s\n", gbatch / med);
-    printf("# step: median %.3f s over %d timed steps (%d warm-up), global batch %d, %d rank(s) x %d thread(s), "
-           "loss %.4f (Efron Cox + 0.1 MSE)\n",
-           med, steps, warmup, gbatch, size, nth, last_loss);
-    printf("# sgemm ceiling (1024^3, 1 thread, best sample): %.1f GFLOP/s (before %.1f, between steps %.1f, after %.1f); "
-           "%%ceiling below is against %d thread(s) x %.1f\n",
-           ceiling, gemm0, gemm_mid, gemm1, nth, ceiling);
+    if (gpu)
+      printf("# step: median %.3f s over %d timed steps (%d warm-up), global batch %d, %d rank(s) x 1 GPU (%s), "
+             "loss %.4f (Efron Cox + 0.1 MSE)\n",
+             med, steps, warmup, gbatch, size, ps_run_plan_describe(&plan), last_loss);
+    else
+      printf("# step: median %.3f s over %d timed steps (%d warm-up), global batch %d, %d rank(s) x %d thread(s), "
+             "loss %.4f (Efron Cox + 0.1 MSE)\n",
+             med, steps, warmup, gbatch, size, nth, last_loss);
+    if (gpu)
+      printf("# GPU GEMM ceiling (4096^3, %s, best sample): %.1f GFLOP/s (before %.1f, after %.1f); %%ceiling below "
+             "is against it\n", ps_matmul_precision_name(plan.precision), ceiling, gemm0, gemm1);
+    else
+      printf("# sgemm ceiling (1024^3, 1 thread, best sample): %.1f GFLOP/s (before %.1f, between steps %.1f, after %.1f); "
+             "%%ceiling below is against %d thread(s) x %.1f\n",
+             ceiling, gemm0, gemm_mid, gemm1, nth, ceiling);
     printf("# %-10s %10s %12s %10s %9s\n", "module", "time_ms", "GFLOP/step", "GFLOP/s", "%ceiling");
     double tot_fl = 0;
     for (int q = 0; q < PS_MT_COUNT; q++) {
@@ -265,7 +365,7 @@ int ps_bench_model(int argc, char **argv) {
       double gf = t > 0 ? flops[q] / t / 1e9 : 0;
       tot_fl += flops[q];
       printf("# %-10s %10.2f %12.3f %10.1f %8.1f%%\n", ps_model_timer_name((ps_model_timer)q), 1e3 * t, flops[q] / 1e9,
-             gf, 100.0 * gf / (nth * ceiling));
+             gf, ceiling > 0 ? 100.0 * gf / (units * ceiling) : 0.0);
     }
     printf("# %-10s %10.2f\n# %-10s %10.2f\n# %-10s %10.2f\n", "cox_efron", 1e3 * median(loss_t, steps), "allreduce",
            1e3 * median(comm_t, steps), "adamw", 1e3 * median(opt_t, steps));
@@ -279,6 +379,8 @@ out:
   free(pid), free(tc), free(counts), free(displs);
   ps_model_destroy(m);
   ps_cox_work_destroy(cox);
+  free(ghost);
+  if (gcomm) ps_comm_finalize(gcomm); // does not finalize MPI (it was up already)
   if (!inited) MPI_Finalize();
   return rc;
 }

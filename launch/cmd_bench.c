@@ -22,7 +22,7 @@ static const bench_entry benches[] = {
     {"comm", ps_bench_comm, "collectives vs raw MPI (nccl-tests columns); --buckets: overlapped gradient sync"},
     {"survival", ps_bench_survival, "Harrell C and Cox loss+grad for n = 1e4..1e6 (optional Python peers)"},
     {"io", ps_bench_io, "cohort-file read throughput vs sequential read, loader stall per step"},
-    {"model", ps_bench_model, "one training step of the reference model: patients/s, per-module GFLOP/s"},
+    {"model", ps_bench_model, "one training step of the reference model: patients/s, per-module GFLOP/s (--device cuda: on a GPU)"},
     {NULL, NULL, NULL}, // entries are added by the modules' benchmarks
 };
 

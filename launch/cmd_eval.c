@@ -15,6 +15,7 @@
 #include "ps_json.h"
 #include "ps_comm.h"
 #include "ps_config.h"
+#include "ps_device_plan.h"
 #include "ps_metrics.h"
 #include "ps_signal.h"
 #include "ps_wl_model.h"
@@ -113,16 +114,18 @@ static int gnuplot(const char *out_dir, const char *name, const char *script) {
 
 static void usage(FILE *f) {
   fprintf(f, "usage: pansurv eval --checkpoint C --data D [--split test|val|train] --out DIR\n"
-             "                    [--times t1,t2,...] [--bootstrap N] [--run-dir R]\n\n"
+             "                    [--times t1,t2,...] [--bootstrap N] [--run-dir R] [--device auto|cpu|cuda]\n\n"
              "Writes DIR/predictions.csv (id, cohort, risk, S(t) at --times, modality attention),\n"
              "DIR/metrics.json (Harrell C overall/per cohort with bootstrap CI, Uno C, td-AUC, Brier/IBS,\n"
              "log-rank of risk groups split at the training-set median risk), DIR/top_tiles.csv and PNG plots\n"
              "(km_risk_groups, learning_curves, per_cohort_c, modality_attention). The split is recomputed\n"
-             "from the checkpoint's config (data.split, train.seed) on D.\n");
+             "from the checkpoint's config (data.split, train.seed) on D. --device (default auto) replaces the\n"
+             "checkpoint's train.device; evaluation computes in fp32 (train.precision is not applied).\n");
 }
 
 int ps_cmd_eval(int argc, char **argv) {
   const char *ckpt = NULL, *data = NULL, *out = NULL, *split = "test", *times_s = NULL, *run_dir = NULL;
+  const char *device = "auto";
   int bootstrap = 200;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -141,6 +144,7 @@ int ps_cmd_eval(int argc, char **argv) {
     else if (!strcmp(a, "--times")) times_s = argv[++i];
     else if (!strcmp(a, "--bootstrap")) bootstrap = atoi(argv[++i]);
     else if (!strcmp(a, "--run-dir")) run_dir = argv[++i];
+    else if (!strcmp(a, "--device")) device = argv[++i];
     else {
       fprintf(stderr, "pansurv eval: unknown option '%s'\n", a);
       usage(stderr);
@@ -181,14 +185,22 @@ int ps_cmd_eval(int argc, char **argv) {
   snprintf(set, sizeof set, "data.path=%s", data);
   if (s == PS_OK) s = ps_config_set(&cfg, set);
   if (s == PS_OK) s = ps_config_set(&cfg, "train.workload=model");
+  // A model trained on GPUs is evaluated wherever this runs: the device is this
+  // command's choice; no gradients are exchanged (mpi: no NCCL communicator is
+  // set up for nothing) and the predictions are computed in fp32.
+  snprintf(set, sizeof set, "train.device=%s", device);
+  if (s == PS_OK && (s = ps_config_set(&cfg, set)) != PS_OK) ps_error_wrap(s, "--device %s", device);
+  if (s == PS_OK) s = ps_config_set(&cfg, "comm.backend=mpi");
+  if (s == PS_OK) s = ps_config_set(&cfg, "train.precision=fp32");
   if (s != PS_OK) {
     fprintf(stderr, "pansurv eval: %s\n", ps_error_message());
     return PS_EXIT_ERROR;
   }
   ps_comm *comm = NULL;
-  ps_comm_options co = {PS_COMM_MPI, PS_CPU, cfg.train.threads};
-  if ((s = ps_comm_init(&comm, &argc, &argv, &co)) != PS_OK) {
-    fprintf(stderr, "pansurv eval: %s\n", ps_error_message());
+  ps_run_plan plan;
+  if ((s = ps_run_setup(&cfg, &plan, &comm, &argc, &argv)) != PS_OK) {
+    const char *re = getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK") : getenv("SLURM_PROCID");
+    ps_run_setup_fail("eval", &comm, re ? atoi(re) : 0);
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm), R = ps_comm_size(comm);
@@ -204,7 +216,7 @@ int ps_cmd_eval(int argc, char **argv) {
   double *all_extra = NULL, *train_extra = NULL, *train_eta = NULL, *train_time = NULL;
   uint8_t *train_event = NULL;
   ps_status g = PS_OK;
-  s = ps_wl_model_create(&w, &ops, &cfg, comm);
+  s = ps_wl_model_create(&w, &ops, &cfg, &plan, comm);
   if (s == PS_OK) {
     s = ps_wl_model_load_params(w, ckpt);
     if (s != PS_OK) ps_error_wrap(s, "checkpoint %s does not fit the model built for %s", ckpt, data);

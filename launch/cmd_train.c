@@ -10,6 +10,7 @@
 #include "ps_commands.h"
 #include "ps_comm.h"
 #include "ps_config.h"
+#include "ps_device_plan.h"
 #include "ps_metrics.h"
 #include "ps_signal.h"
 #include "ps_train.h"
@@ -96,18 +97,21 @@ int ps_cmd_train(int argc, char **argv) {
     if (rc == PS_EXIT_USAGE && rank_guess == 0) train_usage(stderr);
     return rc;
   }
+  // Device, gradient backend and precision are settled before anything is written.
   ps_comm *comm = NULL;
-  ps_comm_options co = {PS_COMM_MPI, PS_CPU, cfg.train.threads};
-  ps_status s = ps_comm_init(&comm, &argc, &argv, &co);
+  ps_run_plan plan;
+  ps_status s = ps_run_setup(&cfg, &plan, &comm, &argc, &argv);
   if (s != PS_OK) {
-    fprintf(stderr, "pansurv train: %s\n", ps_error_message());
+    ps_run_setup_fail("train", &comm, rank_guess);
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm);
+  // Said only for GPU runs: CPU output stays as it was.
+  if (rank == 0 && !quiet && plan.device == PS_CUDA) printf("pansurv train: %s\n", ps_run_plan_describe(&plan));
   void *w = NULL;
   const ps_workload_ops *ops = NULL;
   if (cfg.train.workload == PS_CFG_WORKLOAD_TOY) s = ps_toy_create(&w, &ops, &cfg, comm);
-  else s = ps_wl_model_create(&w, &ops, &cfg, comm);
+  else s = ps_wl_model_create(&w, &ops, &cfg, &plan, comm);
   ps_status g = PS_OK;
   if (ps_comm_agree(comm, s, &g) != PS_OK || g != PS_OK) {
     if (s != PS_OK) fprintf(stderr, "pansurv train: rank %d: %s\n", rank, ps_error_message());
@@ -215,14 +219,15 @@ int ps_cmd_cv(int argc, char **argv) {
     return rc;
   }
   ps_comm *comm = NULL;
-  ps_comm_options co = {PS_COMM_MPI, PS_CPU, base.train.threads};
-  ps_status s = ps_comm_init(&comm, &argc, &argv, &co);
+  ps_run_plan plan;
+  ps_status s = ps_run_setup(&base, &plan, &comm, &argc, &argv);
   if (s != PS_OK) {
-    fprintf(stderr, "pansurv cv: %s\n", ps_error_message());
+    ps_run_setup_fail("cv", &comm, rank_guess);
     free(args);
     return PS_EXIT_ERROR;
   }
   const int rank = ps_comm_rank(comm);
+  if (rank == 0 && !quiet && plan.device == PS_CUDA) printf("pansurv cv: %s\n", ps_run_plan_describe(&plan));
   // NAME: log.name, else cv-<array job or job id>, else cv-<UTC time> (rank 0 decides)
   char name[PS_CFG_STR_MAX] = {0};
   if (rank == 0) {
@@ -253,7 +258,7 @@ int ps_cmd_cv(int argc, char **argv) {
     void *w = NULL;
     const ps_workload_ops *ops = NULL;
     ps_status g = PS_OK;
-    s = ps_wl_model_create(&w, &ops, &cfg, comm);
+    s = ps_wl_model_create(&w, &ops, &cfg, &plan, comm);
     if (ps_comm_agree(comm, s, &g) != PS_OK || g != PS_OK) {
       if (s != PS_OK) fprintf(stderr, "pansurv cv: fold %d: rank %d: %s\n", k, rank, ps_error_message());
       code = PS_EXIT_ERROR;

@@ -91,13 +91,13 @@ const ps_cfg_key ps_config_keys[] = {
   {"train", "clip_norm", PS_CFG_FLOAT, OFF(train.clip_norm), 0, 0, 1e30, NULL, "1", "global gradient-norm clipping threshold (0: off)"},
   {"train", "patience", PS_CFG_INT, OFF(train.patience), 0, 0, 1000000, NULL, "0", "early stopping: epochs without a better validation C-index (0: off)"},
   {"train", "seed", PS_CFG_INT64, OFF(train.seed), 0, 0, 9.2e18, NULL, "1", "seed of every random stream (init, shuffle, dropout, augmentation)"},
-  {"train", "precision", PS_CFG_ENUM, OFF(train.precision), 0, 0, 0, prec_names, "fp32", "compute precision (bf16 on GPUs only)"},
+  {"train", "precision", PS_CFG_ENUM, OFF(train.precision), 0, 0, 0, prec_names, "fp32", "matmul precision: fp32, or bf16 (GPU only: GEMM inputs rounded to bf16 with fp32 accumulation; weights, activations, optimizer state and the loss stay fp32/fp64; see docs/gpu.md)"},
   {"train", "threads", PS_CFG_INT, OFF(train.threads), 0, 0, 4096, NULL, "0", "threads per rank (0: OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or cores per local rank)"},
-  {"train", "device", PS_CFG_ENUM, OFF(train.device), 0, 0, 0, device_names, "auto", "auto (GPU when built and visible), cpu or cuda"},
+  {"train", "device", PS_CFG_ENUM, OFF(train.device), 0, 0, 0, device_names, "auto", "auto (cuda when this build has CUDA and every rank sees a GPU, else cpu), cpu, or cuda (an error without a visible GPU); one rank per GPU"},
   {"train", "workload", PS_CFG_ENUM, OFF(train.workload), 0, 0, 0, workload_names, "model", "model: train the multimodal model; toy: a synthetic parameter vector with no data, for testing launchers, checkpoints and preemption"},
   {"train", "max_steps", PS_CFG_INT, OFF(train.max_steps), 0, 0, 2000000000, NULL, "0", "stop after this many optimizer steps (0: epochs decide); the learning-rate schedule still spans train.epochs"},
 
-  {"comm", "backend", PS_CFG_ENUM, OFF(comm.backend), 0, 0, 0, backend_names, "auto", "collective backend: auto (NCCL for GPU tensors when built), mpi or nccl"},
+  {"comm", "backend", PS_CFG_ENUM, OFF(comm.backend), 0, 0, 0, backend_names, "auto", "gradient all-reduce: auto (nccl when the model is on a GPU and NCCL is built, else mpi), mpi (a GPU model's gradients are staged through host memory, not overlapped) or nccl (GPU only); SyncBN and Cox-loss collectives always use MPI on host values"},
   {"comm", "bucket_mb", PS_CFG_FLOAT, OFF(comm.bucket_mb), 0, 0.0625, 4096, NULL, "4", "gradient all-reduce bucket size in MiB"},
 
   {"checkpoint", "dir", PS_CFG_STRING, OFF(checkpoint.dir), 0, 0, 0, NULL, "\"\"", "checkpoint directory (empty: RUN_DIR/checkpoints)"},

@@ -13,7 +13,19 @@
 //          BatchNorm batch statistics are per micro-batch (as with any
 //          accumulation); running statistics are restored after pass 1, so
 //          only pass 2 updates them. GroupNorm (model.norm_groups) is exact.
-// Letters: b local patients of a micro-batch, W = A * b_max local window capacity.
+//
+// On a GPU (plan.device cuda) the parameter, gradient and buffer arenas live
+// on the device and the model copies its host inputs in and eta out; the Cox
+// loss, SyncBN statistics and status agreement stay on the host communicator
+// (MPI, doubles). Gradients: NCCL (plan.grad_backend nccl) all-reduces the
+// device gradient arena in buckets on its own communicator and stream,
+// overlapped with backward through the same hook as the CPU path; MPI with a
+// GPU model downloads the arena into pinned host memory after backward,
+// all-reduces it there (the CPU path's deterministic ring, not overlapped) and
+// uploads it. The optimizer steps on the device. Timers are read after the
+// device has finished the work they measure.
+// Letters: b local patients of a micro-batch, W = A * b_max local window capacity,
+// P parameter arena floats (incl. padding).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +34,7 @@
 
 #include "ps_checkpoint.h"
 #include "ps_cox_dist.h"
+#include "ps_cuda.h"
 #include "ps_metrics.h"
 #include "ps_model.h"
 #include "ps_optim.h"
@@ -32,6 +45,7 @@
 typedef struct ps_wl_model ps_wl_model;
 struct ps_wl_model {
   const ps_config *cfg;
+  ps_run_plan plan;
   ps_comm *comm;
   ps_wl_data *data;
   ps_wl_shape shape;
@@ -39,6 +53,9 @@ struct ps_wl_model {
   ps_optim optim;
   int optim_ok;
   ps_grad_sync *sync;
+  ps_comm *gcomm;             // NCCL communicator of the gradient all-reduce (grad_backend nccl), else NULL
+  float *grad_host;           // (P) pinned staging of the gradient arena (cuda model + mpi), else NULL
+  float *attn_host;           // (eval_b_max * (K + M)) host copies of device attention (eval, cuda)
   ps_cox_dist *cox;
   int64_t spe, total_steps;
   // window of micro-batches (A > 1: copies, since loader buffers live one call)
@@ -94,7 +111,9 @@ static bool uses(const ps_config *cfg, int m) {
   return false;
 }
 
-static ps_status build_model(ps_wl_model *w) {
+// Model and optimizer: local work (no collectives), so a failure on one rank
+// (e.g. out of device memory) is agreed on before the collective set-up below.
+static ps_status build_local(ps_wl_model *w) {
   const ps_config *cfg = w->cfg;
   ps_model_config mc;
   ps_model_config_default(&mc);
@@ -121,7 +140,7 @@ static ps_status build_model(ps_wl_model *w) {
   mc.fusion_layers = cfg->model.fusion_layers;
   mc.heads = cfg->model.fusion_heads;
   mc.seed = (uint64_t)cfg->train.seed;
-  PS_TRY(ps_model_create(&w->model, &mc));
+  PS_TRY(ps_model_create_on(&w->model, &mc, w->plan.device));
   ps_nn_reducer r = {bn_allreduce, w->comm};
   if (ps_comm_size(w->comm) > 1) ps_model_set_reducer(w->model, r);
   int64_t plan_b = w->shape.b_max > w->shape.eval_b_max ? w->shape.b_max : w->shape.eval_b_max;
@@ -145,7 +164,26 @@ static ps_status build_model(ps_wl_model *w) {
   ps_param_table *pt = ps_model_params(w->model);
   PS_TRY(ps_optim_create(&w->optim, &oc, pt));
   w->optim_ok = 1;
-  PS_TRY(ps_grad_sync_create(&w->sync, w->comm, pt->grad, pt->total, (int64_t)(cfg->comm.bucket_mb * 1048576.0)));
+  if (w->plan.device == PS_CUDA && w->plan.grad_backend == PS_COMM_MPI) // gradients staged through the host
+    PS_TRY(ps_cuda_host_alloc((void **)&w->grad_host, sizeof(float) * (size_t)(pt->total > 0 ? pt->total : 1)));
+  return PS_OK;
+}
+
+static ps_status build_model(ps_wl_model *w) {
+  const ps_config *cfg = w->cfg;
+  PS_TRY(agree(w->comm, build_local(w)));
+  ps_param_table *pt = ps_model_params(w->model);
+  const int64_t bucket_bytes = (int64_t)(cfg->comm.bucket_mb * 1048576.0);
+  if (w->plan.device == PS_CUDA && w->plan.grad_backend == PS_COMM_NCCL) {
+    // Its own communicator (bootstrapped over the MPI one, same ranks and GPU): the host one stays MPI.
+    ps_comm_options go = {PS_COMM_NCCL, PS_CUDA, cfg->train.threads};
+    PS_TRY(ps_comm_init(&w->gcomm, NULL, NULL, &go));
+    PS_TRY(ps_grad_sync_create(&w->sync, w->gcomm, pt->grad, pt->total, bucket_bytes));
+  } else if (w->grad_host) {
+    PS_TRY(ps_grad_sync_create(&w->sync, w->comm, w->grad_host, pt->total, bucket_bytes));
+  } else {
+    PS_TRY(ps_grad_sync_create(&w->sync, w->comm, pt->grad, pt->total, bucket_bytes));
+  }
   int64_t global_cap = (int64_t)cfg->train.global_batch;
   if (w->shape.n_total > global_cap) global_cap = w->shape.n_total;
   PS_TRY(ps_cox_dist_create(&w->cox, w->comm, global_cap));
@@ -255,11 +293,12 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   const int64_t G = w->shape.genes;
   double t0 = now_s(), io = 0;
   if (ts->step_in_epoch == 0) PS_TRY(ps_wl_data_train_begin(w->data, ts->epoch, 0));
+  const bool gpu = w->plan.device == PS_CUDA;
   ps_param_table *pt = ps_model_params(w->model);
-  ps_param_zero_grad(pt);
+  PS_TRY(ps_param_zero_grad(pt));
   // BatchNorm running statistics are updated by the second pass only: keep them across pass 1.
   ps_param_table *bt = ps_model_buffers(w->model);
-  if (w->bn_saved) memcpy(w->bn_saved, bt->data, sizeof(float) * (size_t)bt->total);
+  if (w->bn_saved) PS_TRY(ps_param_table_download(bt, w->bn_saved, false));
   // Pass 1 (A > 1) or the only forward (A = 1): eta of every micro-batch of the window.
   ps_wl_batch cur = {0};
   int64_t present_local = 0, window_n = 0;
@@ -279,7 +318,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     for (int64_t i = 0; i < cur.b; i++) w->eta_d[window_n + i] = w->eta[i];
     window_n += cur.b;
   }
-  if (w->bn_saved) memcpy(bt->data, w->bn_saved, sizeof(float) * (size_t)bt->total);
+  if (w->bn_saved) PS_TRY(ps_param_table_upload(bt, w->bn_saved));
   // Cox loss over the global window: contiguous local arrays (time/event/cohort/index).
   double *lt = w->v_time, *leta = w->eta_d;
   uint8_t *le = w->v_event;
@@ -303,7 +342,10 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   double comm_s = now_s() - tc0;
   double recon = red[1] > 0 ? red[0] / (red[1] * (double)G) : 0;
   ps_model_set_recon_norm(w->model, red[1] > 0 ? red[1] * (double)G : 1.0);
-  // Backward (A > 1: pass 2 re-forwards each micro-batch first).
+  // Backward (A > 1: pass 2 re-forwards each micro-batch first). The hook starts
+  // bucket all-reduces while backward runs, except when a GPU model's gradients
+  // go through host memory (they are staged after backward).
+  const bool staged = w->grad_host != NULL;
   hook_ctx h = {w->sync, PS_OK};
   int64_t off = 0;
   for (int m = 0; m < A; m++) {
@@ -316,30 +358,68 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     for (int64_t i = 0; i < b.b; i++) w->deta[i] = (float)w->grad_d[off + i];
     off += b.b;
     bool last = m == A - 1;
-    if (last) PS_TRY(ps_grad_sync_begin(w->sync));
-    ps_status bs = ps_model_backward(w->model, w->deta, (float)cfg->loss.lambda_recon, last ? grad_hook : NULL,
-                                     last ? &h : NULL);
-    if (bs != PS_OK && last) {
+    if (last && !staged) PS_TRY(ps_grad_sync_begin(w->sync));
+    bool hooked = last && !staged;
+    ps_status bs = ps_model_backward(w->model, w->deta, (float)cfg->loss.lambda_recon, hooked ? grad_hook : NULL,
+                                     hooked ? &h : NULL);
+    if (bs != PS_OK && hooked) {
       ps_grad_sync_timing dummy;
       ps_grad_sync_finish(w->sync, &dummy); // let started buckets complete before agreeing
     }
     PS_TRY(agree(w->comm, bs));
   }
   PS_TRY(agree(w->comm, h.s));
+  // Backward's kernels are compute: wait for them (the compute stream only, not
+  // NCCL's) so that the time blocked in finish() is communication alone.
+  if (gpu) PS_TRY(ps_cuda_stream_synchronize(NULL));
   ps_grad_sync_timing gt;
-  PS_TRY(ps_grad_sync_finish(w->sync, &gt));
+  double stage_s = 0;
+  if (staged) { // device -> pinned host, ring all-reduce on the host, host -> device
+    double ts0 = now_s();
+    PS_TRY(agree(w->comm, ps_param_table_download(pt, w->grad_host, true))); // before the ring's first message
+    PS_TRY(ps_grad_sync_begin(w->sync));
+    ps_status fs = ps_grad_sync_finish(w->sync, &gt);
+    if (fs == PS_OK) fs = ps_cuda_copy_h2d(pt->grad, w->grad_host, sizeof(float) * (size_t)pt->total);
+    PS_TRY(agree(w->comm, fs));
+    stage_s = now_s() - ts0 - gt.comm_wait_s; // copies; the all-reduce itself is in comm_wait_s
+  } else {
+    PS_TRY(ps_grad_sync_finish(w->sync, &gt));
+  }
   double gn = 0;
   float lr = ps_optim_lr(&w->optim.cfg, w->optim.step);
   PS_TRY(ps_optim_step(&w->optim, pt->data, pt->grad, &gn));
+  if (gpu) PS_TRY(ps_cuda_synchronize()); // the optimizer's kernels belong to this step's time
   out->cox = cr.loss;
   out->recon = recon;
   out->loss = cr.loss + cfg->loss.lambda_recon * recon;
   out->lr = lr;
   out->grad_norm = gn;
   out->io_s = io;
-  out->comm_s = comm_s + gt.comm_wait_s;
+  out->comm_s = comm_s + gt.comm_wait_s + stage_s;
   out->compute_s = now_s() - t0 - out->io_s - out->comm_s;
   out->patients = cfg->train.global_batch;
+  return PS_OK;
+}
+
+// Attention of the last forward as host arrays (a GPU model's live on the device):
+// tiles (b, K), modalities (b, M), copied into attn_host (allocated at the first call).
+static ps_status host_attention(ps_wl_model *w, int64_t b, const float **tiles, const float **mods) {
+  const int64_t K = w->shape.max_tiles > 0 ? w->shape.max_tiles : 1, M = ps_model_tokens(w->model);
+  const int64_t E = w->shape.eval_b_max > w->bm ? w->shape.eval_b_max : w->bm;
+  if (!w->attn_host) {
+    w->attn_host = calloc((size_t)(E * (K + M) + 1), sizeof(float));
+    if (!w->attn_host) PS_FAIL(PS_ERR_MEM, "host copy of %lld x %lld attention weights", (long long)E, (long long)(K + M));
+  }
+  PS_REQUIRE(b <= E, "attention of %lld patients > planned %lld", (long long)b, (long long)E);
+  float *th = w->attn_host, *mh = w->attn_host + E * K;
+  if (*tiles && ps_cuda_is_device_pointer(*tiles)) {
+    PS_TRY(ps_cuda_copy_d2h(th, *tiles, sizeof(float) * (size_t)(b * K)));
+    *tiles = th;
+  }
+  if (*mods && ps_cuda_is_device_pointer(*mods)) {
+    PS_TRY(ps_cuda_copy_d2h(mh, *mods, sizeof(float) * (size_t)(b * M)));
+    *mods = mh;
+  }
   return PS_OK;
 }
 
@@ -361,8 +441,11 @@ static ps_status predict_part(ps_wl_model *w, ps_wl_part part, int64_t step, int
     if (!end) {
       ps_model_batch mb = model_batch(&b);
       PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, false, step)));
-      if (each) each(each_ctx, &b, w->eta, ps_model_tile_attention(w->model), ps_model_modality_attention(w->model),
-                     ps_model_tokens(w->model));
+      if (each) {
+        const float *ta = ps_model_tile_attention(w->model), *ma = ps_model_modality_attention(w->model);
+        if (w->plan.device == PS_CUDA) PS_TRY(host_attention(w, b.b, &ta, &ma));
+        each(each_ctx, &b, w->eta, ta, ma, ps_model_tokens(w->model));
+      }
       for (int64_t i = 0; i < b.b; i++, n++) {
         w->v_time[n] = b.time[i];
         w->v_event[n] = b.event[i];
@@ -481,12 +564,14 @@ void ps_wl_model_destroy(void *vw) {
   if (!w) return;
   if (w->cox) ps_cox_dist_destroy(w->cox);
   if (w->sync) ps_grad_sync_destroy(w->sync);
+  if (w->gcomm) ps_comm_finalize(w->gcomm); // before the host communicator (which finalizes MPI)
+  ps_cuda_host_free(w->grad_host);
   if (w->optim_ok) ps_optim_free(&w->optim);
   if (w->model) ps_model_destroy(w->model);
   if (w->data) ps_wl_data_close(w->data);
   void *bufs[] = {w->w_b, w->eta, w->eta_d, w->grad_d, w->deta, w->v_time, w->v_eta, w->v_event, w->v_cohort,
                   w->v_index, w->counts, w->w_index, w->w_time, w->w_event, w->w_cohort, w->w_omics, w->w_op,
-                  w->w_cp, w->w_clin, w->w_slide, w->w_ntiles, w->bn_saved};
+                  w->w_cp, w->w_clin, w->w_slide, w->w_ntiles, w->bn_saved, w->attn_host};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
   free(w);
 }
@@ -507,28 +592,16 @@ static const ps_workload_ops model_ops = {
     "model", wl_spe, wl_step, wl_validate, wl_save, wl_load, wl_verify, wl_crc, ps_wl_model_destroy, wl_card,
 };
 
-ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, ps_comm *comm) {
+ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, const ps_run_plan *plan,
+                             ps_comm *comm) {
   *out = NULL;
   ps_wl_model *w = calloc(1, sizeof *w);
   if (!w) PS_FAIL(PS_ERR_MEM, "model workload");
   w->cfg = cfg;
   w->comm = comm;
   w->A = cfg->train.accumulation;
-  // The model runs on host memory today: say so instead of silently using the CPU.
+  w->plan = *plan;
   ps_status s = PS_OK;
-  if (cfg->train.device == PS_CFG_DEV_CUDA)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.device: cuda is not supported by the model "
-                     "workload in this build (use cpu or auto)");
-  else if (cfg->train.precision == PS_CFG_PREC_BF16)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "train.precision: bf16 needs the GPU path, which the "
-                     "model workload does not have yet (use fp32)");
-  else if (cfg->comm.backend == PS_CFG_BACKEND_NCCL)
-    s = ps_error_set(PS_ERR_UNSUPPORTED, __FILE__, __LINE__, "comm.backend: nccl needs GPU tensors; the model "
-                     "workload trains on the CPU (use mpi or auto)");
-  if (s != PS_OK) {
-    free(w);
-    return s;
-  }
   s = ps_wl_data_open(&w->data, cfg, comm, &w->shape);
   if (s == PS_OK) {
     w->bm = w->shape.b_max;

@@ -3,10 +3,14 @@
 #ifndef PS_WL_MODEL_H
 #define PS_WL_MODEL_H
 
+#include "ps_device_plan.h"
 #include "ps_train.h"
 #include "ps_wl_data.h"
 
-ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, ps_comm *comm);
+// plan: device, gradient backend and precision (ps_run_setup); comm: the host
+// (MPI) communicator, bound to the GPU when plan->device is cuda.
+ps_status ps_wl_model_create(void **out, const ps_workload_ops **ops, const ps_config *cfg, const ps_run_plan *plan,
+                             ps_comm *comm);
 void ps_wl_model_destroy(void *w);
 const ps_wl_shape *ps_wl_model_shape(const void *w);
 ps_wl_data *ps_wl_model_data(void *w);

@@ -27,7 +27,39 @@ uint32_t ps_crc32(uint32_t crc, const void *data, size_t n) {
   return ~crc;
 }
 
+static uint32_t crc_host(const ps_param_table *t);
+
+// A host view of table t: t itself on the CPU, else a copy of its entries over a downloaded
+// values arena (*buf, freed by the caller). Checkpoints of a CUDA model go through it, so the
+// file bytes are those of a CPU model with the same values.
+static ps_status host_view(const ps_param_table *t, ps_param_table *out, float **buf) {
+  *out = *t;
+  *buf = NULL;
+  if (t->device == PS_CPU) return PS_OK;
+  *buf = malloc(((size_t)t->total + 1) * sizeof(float));
+  if (!*buf) PS_FAIL(PS_ERR_MEM, "checkpoint: out of memory staging %lld %s values", (long long)t->total, t->what);
+  ps_status s = ps_param_table_download(t, *buf, false);
+  if (s != PS_OK) {
+    free(*buf);
+    *buf = NULL;
+    return s;
+  }
+  out->data = *buf;
+  out->grad = NULL;
+  out->device = PS_CPU;
+  return PS_OK;
+}
+
 uint32_t ps_checkpoint_param_crc(const ps_param_table *t) {
+  ps_param_table h;
+  float *buf;
+  if (host_view(t, &h, &buf) != PS_OK) return 0; // only a failed download of a CUDA table
+  uint32_t crc = crc_host(&h);
+  free(buf);
+  return crc;
+}
+
+static uint32_t crc_host(const ps_param_table *t) {
   uint32_t crc = 0;
   for (int i = 0; i < t->count; i++) crc = ps_crc32(crc, t->data + t->p[i].offset, (size_t)t->p[i].numel * sizeof(float));
   return crc;
@@ -85,15 +117,29 @@ ps_status ps_checkpoint_write(const char *path, ps_model *m, const ps_optim *opt
   void *edata;
   H5Eget_auto2(H5E_DEFAULT, &efunc, &edata);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-  const ps_param_table *pt = ps_model_params(m), *bt = ps_model_buffers(m);
-  hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), g = -1;
+  ps_param_table hpt, hbt;
+  const ps_param_table *pt = &hpt, *bt = &hbt;
+  float *pbuf = NULL, *bbuf = NULL, *om = NULL, *ov = NULL;
+  hid_t f = -1, g = -1;
+  if ((st = host_view(ps_model_params(m), &hpt, &pbuf)) != PS_OK) goto done;
+  if ((st = host_view(ps_model_buffers(m), &hbt, &bbuf)) != PS_OK) goto done;
+  if (opt) {
+    om = malloc(((size_t)opt->n + 1) * sizeof(float));
+    ov = malloc(((size_t)opt->n + 1) * sizeof(float));
+    if (!om || !ov) {
+      st = ps_error_set(PS_ERR_MEM, __FILE__, __LINE__, "checkpoint %s: out of memory staging the optimizer", path);
+      goto done;
+    }
+    if ((st = ps_optim_download(opt, om, ov)) != PS_OK) goto done;
+  }
+  f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (f < 0) {
     st = ps_error_set(PS_ERR_IO, __FILE__, __LINE__, "checkpoint %s: cannot create the file", path);
     goto done;
   }
   H5_OK(ps_h5_write_attr_str(f, "magic", PS_CHECKPOINT_MAGIC), "checkpoint %s: cannot write magic", path);
   H5_OK(ps_h5_write_attr_i64(f, "format_version", PS_CHECKPOINT_VERSION), "checkpoint %s: cannot write version", path);
-  H5_OK(ps_h5_write_attr_i64(f, "param_crc32", ps_checkpoint_param_crc(pt)), "checkpoint %s: cannot write crc", path);
+  H5_OK(ps_h5_write_attr_i64(f, "param_crc32", crc_host(pt)), "checkpoint %s: cannot write crc", path);
   H5_OK(ps_h5_write_attr_str(f, "pansurv_version", PANSURV_VERSION), "checkpoint %s: cannot write version", path);
   if ((st = write_table(f, "params", pt, path)) != PS_OK) goto done;
   if ((st = write_table(f, "buffers", bt, path)) != PS_OK) goto done;
@@ -102,8 +148,8 @@ ps_status ps_checkpoint_write(const char *path, ps_model *m, const ps_optim *opt
     H5_OK(g, "checkpoint %s: cannot create /optimizer", path);
     H5_OK(ps_h5_write_attr_str(g, "kind", ps_optim_kind_name(opt->cfg.kind)), "checkpoint %s: optimizer kind", path);
     H5_OK(ps_h5_write_attr_i64(g, "step", opt->step), "checkpoint %s: optimizer step", path);
-    H5_OK(write_dataset(g, "m", opt->m, 1, &opt->n), "checkpoint %s: cannot write /optimizer/m", path);
-    H5_OK(write_dataset(g, "v", opt->v, 1, &opt->n), "checkpoint %s: cannot write /optimizer/v", path);
+    H5_OK(write_dataset(g, "m", om, 1, &opt->n), "checkpoint %s: cannot write /optimizer/m", path);
+    H5_OK(write_dataset(g, "v", ov, 1, &opt->n), "checkpoint %s: cannot write /optimizer/v", path);
     H5Gclose(g);
     g = -1;
   }
@@ -143,6 +189,10 @@ done:
   if (f >= 0 && H5Fclose(f) < 0 && st == PS_OK)
     st = ps_error_set(PS_ERR_IO, __FILE__, __LINE__, "checkpoint %s: close failed (disk full?)", path);
   if (st != PS_OK && f >= 0) remove(path); // nothing half-written stays behind
+  free(pbuf);
+  free(bbuf);
+  free(om);
+  free(ov);
   H5Eset_auto2(H5E_DEFAULT, efunc, edata);
   return st;
 }
@@ -268,7 +318,7 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
     ps_h5_read_attr_i64(f, "param_crc32", &crc);
     ps_param_table tmp = *pt;
     tmp.data = np;
-    uint32_t have = ps_checkpoint_param_crc(&tmp);
+    uint32_t have = crc_host(&tmp);
     if (crc < 0 || (uint32_t)crc != have) {
       st = ps_error_set(PS_ERR_FORMAT, __FILE__, __LINE__,
                         "checkpoint %s: parameter CRC-32 %08x does not match the stored %08x (file corrupted)", path,
@@ -308,11 +358,11 @@ ps_status ps_checkpoint_read(const char *path, ps_model *m, ps_optim *opt, ps_ck
     if (g >= 0) H5Gclose(g);
     if (st != PS_OK) goto done;
   }
-  memcpy(pt->data, np, (size_t)pt->total * sizeof(float));
-  memcpy(bt->data, nb, (size_t)bt->total * sizeof(float));
+  // Everything validated: install (uploads on a CUDA model; a failing copy there is a device fault).
+  if ((st = ps_param_table_upload(pt, np)) != PS_OK) goto done;
+  if ((st = ps_param_table_upload(bt, nb)) != PS_OK) goto done;
   if (opt) {
-    memcpy(opt->m, om, (size_t)opt->n * sizeof(float));
-    memcpy(opt->v, ov, (size_t)opt->n * sizeof(float));
+    if ((st = ps_optim_upload(opt, om, ov)) != PS_OK) goto done;
     opt->step = ostep;
   }
 done:

@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "ps_nn_kernels.h"
 #include "ps_ops.h"
 #include "ps_rng.h"
 
@@ -12,77 +13,51 @@ static const char *const act_names[] = {"none", "relu", "gelu", "tanh", "sigmoid
 _Static_assert(sizeof(act_names) / sizeof(act_names[0]) == PS_NN_ACT_COUNT, "activation name table");
 const char *ps_nn_act_name(ps_nn_act a) { return (unsigned)a < PS_NN_ACT_COUNT ? act_names[a] : "?"; }
 
-#define GELU_K 0.7978845608028654f // sqrt(2/pi)
-#define GELU_C 0.044715f
-
-static inline float gelu_f(float x) { return 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x))); }
-static inline float gelu_df(float x) {
-  float t = tanhf(GELU_K * (x + GELU_C * x * x * x));
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-}
+// Activations: the kernel bodies of ps_nn_kernels.h on the host executor (the codes match).
+_Static_assert(PS_NN_ACT_RELU == 1 && PS_NN_ACT_GELU == 2 && PS_NN_ACT_TANH == 3 && PS_NN_ACT_SIGMOID == 4,
+               "activation codes of k_act_forward");
+static const ps_nn_exec host_ex = {PS_CPU};
 
 void ps_nn_act_forward(float *x, float *pre, int64_t n, ps_nn_act act) {
-  switch (act) {
-  case PS_NN_ACT_NONE: break;
-  case PS_NN_ACT_RELU:
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
-    break;
-  case PS_NN_ACT_GELU:
-    for (int64_t i = 0; i < n; i++) {
-      pre[i] = x[i];
-      x[i] = gelu_f(x[i]);
-    }
-    break;
-  case PS_NN_ACT_TANH:
-    for (int64_t i = 0; i < n; i++) x[i] = tanhf(x[i]);
-    break;
-  case PS_NN_ACT_SIGMOID:
-    for (int64_t i = 0; i < n; i++) x[i] = 1.0f / (1.0f + expf(-x[i]));
-    break;
-  default: break;
-  }
+  if (act != PS_NN_ACT_NONE) ps_nn_launch_act_forward(&host_ex, n, x, pre, (int)act); // host: cannot fail
 }
 
 void ps_nn_act_backward(float *dy, const float *out, const float *pre, int64_t n, ps_nn_act act) {
-  switch (act) {
-  case PS_NN_ACT_NONE: break;
-  case PS_NN_ACT_RELU:
-    for (int64_t i = 0; i < n; i++)
-      if (!(out[i] > 0.0f)) dy[i] = 0.0f;
-    break;
-  case PS_NN_ACT_GELU:
-    for (int64_t i = 0; i < n; i++) dy[i] *= gelu_df(pre[i]);
-    break;
-  case PS_NN_ACT_TANH:
-    for (int64_t i = 0; i < n; i++) dy[i] *= 1.0f - out[i] * out[i];
-    break;
-  case PS_NN_ACT_SIGMOID:
-    for (int64_t i = 0; i < n; i++) dy[i] *= out[i] * (1.0f - out[i]);
-    break;
-  default: break;
-  }
+  if (act != PS_NN_ACT_NONE) ps_nn_launch_act_backward(&host_ex, n, dy, out, pre, (int)act);
 }
 
-// ---- Linear: tensor's ps_linear_* (threaded GEMM, CUDA dispatch) + nn's fused activation pass ------
+// ---- Linear: tensor's ps_linear_* (threaded GEMM, CUDA dispatch) + nn's activation body --------
 #define WRAP(ptr, ...) ps_tensor_wrap((void *)(ptr), PS_F32, PS_CPU, PS_SHAPE(__VA_ARGS__))
+#define WRAPX(ptr, ...) ps_tensor_wrap((void *)(ptr), PS_F32, ex->device, PS_SHAPE(__VA_ARGS__))
+
+ps_status ps_nn_linear_forward_ex(const ps_nn_exec *ex, float *out, float *pre, const float *in, const float *w,
+                                  const float *b, int64_t n, int64_t din, int64_t dout, ps_nn_act act) {
+  if (n == 0) return PS_OK;
+  ps_tensor to = WRAPX(out, n, dout), ti = WRAPX(in, n, din), tw = WRAPX(w, dout, din), tb = WRAPX(b, dout);
+  PS_TRY(ps_linear_forward(&to, &ti, &tw, b ? &tb : NULL));
+  if (act == PS_NN_ACT_NONE) return PS_OK;
+  return ps_nn_launch_act_forward(ex, n * dout, out, pre, (int)act);
+}
 
 ps_status ps_nn_linear_forward(float *out, float *pre, const float *in, const float *w, const float *b, int64_t n,
                                int64_t din, int64_t dout, ps_nn_act act) {
+  return ps_nn_linear_forward_ex(&host_ex, out, pre, in, w, b, n, din, dout, act);
+}
+
+ps_status ps_nn_linear_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *db, float *dout,
+                                   const float *in, const float *w, const float *out, const float *pre, int64_t n,
+                                   int64_t din_, int64_t dout_, ps_nn_act act) {
   if (n == 0) return PS_OK;
-  ps_tensor to = WRAP(out, n, dout), ti = WRAP(in, n, din), tw = WRAP(w, dout, din), tb = WRAP(b, dout);
-  PS_TRY(ps_linear_forward(&to, &ti, &tw, b ? &tb : NULL));
-  ps_nn_act_forward(out, pre, n * dout, act);
-  return PS_OK;
+  if (act != PS_NN_ACT_NONE) PS_TRY(ps_nn_launch_act_backward(ex, n * dout_, dout, out, pre, (int)act));
+  ps_tensor tdi = WRAPX(din, n, din_), tdw = WRAPX(dw, dout_, din_), tdb = WRAPX(db, dout_),
+            tdo = WRAPX(dout, n, dout_), ti = WRAPX(in, n, din_), tw = WRAPX(w, dout_, din_);
+  return ps_linear_backward(din ? &tdi : NULL, dw ? &tdw : NULL, db ? &tdb : NULL, &tdo, &ti, &tw);
 }
 
 ps_status ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
                                 const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_,
                                 ps_nn_act act) {
-  if (n == 0) return PS_OK;
-  ps_nn_act_backward(dout, out, pre, n * dout_, act);
-  ps_tensor tdi = WRAP(din, n, din_), tdw = WRAP(dw, dout_, din_), tdb = WRAP(db, dout_), tdo = WRAP(dout, n, dout_),
-            ti = WRAP(in, n, din_), tw = WRAP(w, dout_, din_);
-  return ps_linear_backward(din ? &tdi : NULL, dw ? &tdw : NULL, db ? &tdb : NULL, &tdo, &ti, &tw);
+  return ps_nn_linear_backward_ex(&host_ex, din, dw, db, dout, in, w, out, pre, n, din_, dout_, act);
 }
 
 static const ps_conv2d_params conv3x3 = {1, 1, 1, 1}; // stride 1, "same" padding
@@ -200,35 +175,52 @@ ps_status ps_nn_batchnorm_backward(float *din, float *dgamma, float *dbeta, cons
   return PS_OK;
 }
 
-// ---- LayerNorm, dropout: tensor's ops -------------------------------------------------------
-ps_status ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
-                                  const float *beta, int64_t n, int64_t d, float eps) {
+// ---- LayerNorm, dropout: tensor's ops ---------------------------------------------------------
+ps_status ps_nn_layernorm_forward_ex(const ps_nn_exec *ex, float *out, float *mean, float *rstd, const float *in,
+                                     const float *gamma, const float *beta, int64_t n, int64_t d, float eps) {
   if (n == 0) return PS_OK;
-  ps_tensor to = WRAP(out, n, d), tm = WRAP(mean, n), tr = WRAP(rstd, n), ti = WRAP(in, n, d), tg = WRAP(gamma, d),
-            tb = WRAP(beta, d);
+  ps_tensor to = WRAPX(out, n, d), tm = WRAPX(mean, n), tr = WRAPX(rstd, n), ti = WRAPX(in, n, d),
+            tg = WRAPX(gamma, d), tb = WRAPX(beta, d);
   return ps_layernorm_forward(&to, &tm, &tr, &ti, &tg, &tb, eps);
 }
+ps_status ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                                  const float *beta, int64_t n, int64_t d, float eps) {
+  return ps_nn_layernorm_forward_ex(&host_ex, out, mean, rstd, in, gamma, beta, n, d, eps);
+}
 
-ps_status ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
-                                   const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d) {
+ps_status ps_nn_layernorm_backward_ex(const ps_nn_exec *ex, float *din, float *dgamma, float *dbeta,
+                                      const float *dout, const float *in, const float *mean, const float *rstd,
+                                      const float *gamma, int64_t n, int64_t d) {
   if (n == 0) return PS_OK;
-  ps_tensor tdi = WRAP(din, n, d), tdg = WRAP(dgamma, d), tdb = WRAP(dbeta, d), tdo = WRAP(dout, n, d),
-            ti = WRAP(in, n, d), tm = WRAP(mean, n), tr = WRAP(rstd, n), tg = WRAP(gamma, d);
+  ps_tensor tdi = WRAPX(din, n, d), tdg = WRAPX(dgamma, d), tdb = WRAPX(dbeta, d), tdo = WRAPX(dout, n, d),
+            ti = WRAPX(in, n, d), tm = WRAPX(mean, n), tr = WRAPX(rstd, n), tg = WRAPX(gamma, d);
   return ps_layernorm_backward(din ? &tdi : NULL, dgamma ? &tdg : NULL, dbeta ? &tdb : NULL, &tdo, &ti, &tm, &tr, &tg);
 }
-
-ps_status ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
-                                const uint64_t *row_streams, int64_t n, int64_t d) {
-  if (n == 0) return PS_OK;
-  ps_tensor to = WRAP(out, n, d), ti = WRAP(in, n, d), tm = ps_tensor_wrap(mask, PS_U8, PS_CPU, PS_SHAPE(n, d));
-  return ps_dropout_forward(&to, &tm, &ti, p, seed, row_streams);
+ps_status ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
+                                   const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d) {
+  return ps_nn_layernorm_backward_ex(&host_ex, din, dgamma, dbeta, dout, in, mean, rstd, gamma, n, d);
 }
 
-ps_status ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d) {
+ps_status ps_nn_dropout_forward_ex(const ps_nn_exec *ex, float *out, uint8_t *mask, const float *in, float p,
+                                   uint64_t seed, const uint64_t *row_streams, int64_t n, int64_t d) {
   if (n == 0) return PS_OK;
-  ps_tensor tdi = WRAP(din, n, d), tdo = WRAP(dout, n, d),
-            tm = ps_tensor_wrap((void *)mask, PS_U8, PS_CPU, PS_SHAPE(n, d));
+  ps_tensor to = WRAPX(out, n, d), ti = WRAPX(in, n, d), tm = ps_tensor_wrap(mask, PS_U8, ex->device, PS_SHAPE(n, d));
+  return ps_dropout_forward(&to, &tm, &ti, p, seed, row_streams);
+}
+ps_status ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
+                                const uint64_t *row_streams, int64_t n, int64_t d) {
+  return ps_nn_dropout_forward_ex(&host_ex, out, mask, in, p, seed, row_streams, n, d);
+}
+
+ps_status ps_nn_dropout_backward_ex(const ps_nn_exec *ex, float *din, const float *dout, const uint8_t *mask, float p,
+                                    int64_t n, int64_t d) {
+  if (n == 0) return PS_OK;
+  ps_tensor tdi = WRAPX(din, n, d), tdo = WRAPX(dout, n, d),
+            tm = ps_tensor_wrap((void *)mask, PS_U8, ex->device, PS_SHAPE(n, d));
   return ps_dropout_backward(&tdi, &tdo, &tm, p);
+}
+ps_status ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d) {
+  return ps_nn_dropout_backward_ex(&host_ex, din, dout, mask, p, n, d);
 }
 
 // ---- pooling ---------------------------------------------------------------------------------
@@ -268,18 +260,11 @@ void ps_nn_maxpool2d_backward(float *din, const float *dout, const uint8_t *argm
 }
 
 void ps_nn_avgpool_forward(float *out, const float *in, int64_t n, int64_t c, int64_t hw) {
-  for (int64_t p = 0; p < n * c; p++) {
-    double s = 0;
-    for (int64_t k = 0; k < hw; k++) s += in[p * hw + k];
-    out[p] = (float)(s / (double)hw);
-  }
+  ps_nn_launch_avgpool_forward(&host_ex, n * c, out, in, hw); // the host executor cannot fail
 }
 
 void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c, int64_t hw) {
-  for (int64_t p = 0; p < n * c; p++) {
-    float g = dout[p] / (float)hw;
-    for (int64_t k = 0; k < hw; k++) din[p * hw + k] += g;
-  }
+  ps_nn_launch_avgpool_backward(&host_ex, n * c * hw, din, dout, hw);
 }
 
 // ---- fused conv block ---------------------------------------------------------------------------
@@ -532,64 +517,134 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
   return PS_OK;
 }
 
-// ---- gated attention ----------------------------------------------------------------------------
+// ---- device-style conv block ---------------------------------------------------------------------
+int64_t ps_nn_convblock_dev_ws_floats(ps_device dev, const ps_nn_convblock_dims *d) {
+  const int64_t n = d->n > 0 ? d->n : 1;
+  ps_tensor tin = ps_tensor_wrap(NULL, PS_F32, dev, PS_SHAPE(n, d->c, d->h, d->w)),
+            tw = ps_tensor_wrap(NULL, PS_F32, dev, PS_SHAPE(d->oc, d->c, 3, 3));
+  return ps_conv2d_workspace_floats(&tin, &tw, &conv3x3);
+}
+
+// BatchNorm mean/rstd/running statistics from the totals in s->stats (reducer included), on the
+// host: directly on the host executor; on CUDA through s->stats_h and s->chan_h (2*OC+1 doubles
+// and 4*OC floats each way).
+static ps_status bn_finish_ex(const ps_nn_exec *ex, float *mean, float *rstd, float *running_mean,
+                              float *running_var, int64_t oc, const ps_nn_bn_opts *o, ps_nn_convblock_dev_scratch *s) {
+  if (ex->device == PS_CPU) return ps_nn_bn_finish_stats(mean, rstd, running_mean, running_var, oc, o, s->stats);
+  float *mh = s->chan_h, *rh = mh + oc, *rmh = rh + oc, *rvh = rmh + oc;
+  const size_t cb = (size_t)oc * sizeof(float);
+  if (o->training) PS_TRY(ps_nn_exec_download(ex, s->stats_h, s->stats, (size_t)(2 * oc + 1) * sizeof(double)));
+  if (running_mean) {
+    PS_TRY(ps_nn_exec_download(ex, rmh, running_mean, cb));
+    PS_TRY(ps_nn_exec_download(ex, rvh, running_var, cb));
+  }
+  PS_TRY(ps_nn_bn_finish_stats(mh, rh, running_mean ? rmh : NULL, running_mean ? rvh : NULL, oc, o, s->stats_h));
+  PS_TRY(ps_nn_exec_upload(ex, mean, mh, cb));
+  PS_TRY(ps_nn_exec_upload(ex, rstd, rh, cb));
+  if (running_mean && o->training) {
+    PS_TRY(ps_nn_exec_upload(ex, running_mean, rmh, cb));
+    PS_TRY(ps_nn_exec_upload(ex, running_var, rvh, cb));
+  }
+  return PS_OK;
+}
+
+ps_status ps_nn_convblock_forward_ex(const ps_nn_exec *ex, float *pool_out, uint8_t *argmax, float *z, float *mean,
+                                     float *rstd, const float *in, const float *w, const float *gamma,
+                                     const float *beta, float *running_mean, float *running_var,
+                                     const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                     ps_nn_convblock_dev_scratch *s) {
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  PS_REQUIRE(h % 2 == 0 && wd % 2 == 0, "conv block: input %lldx%lld must be even for 2x2 pooling", (long long)h,
+             (long long)wd);
+  PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
+             (long long)oc, o->groups);
+  if (n > 0) {
+    ps_tensor tin = WRAPX(in, n, c, h, wd), tz = WRAPX(z, n, oc, h, wd), tw = WRAPX(w, oc, c, 3, 3),
+              tws = WRAPX(s->ws, s->ws_floats > 0 ? s->ws_floats : 1);
+    PS_TRY(ps_conv2d_forward(&tz, &tin, &tw, NULL, &conv3x3, &tws));
+  }
+  if (o->groups > 0) {
+    PS_TRY(ps_nn_launch_gn_stats(ex, n * o->groups, mean, rstd, z, oc, o->groups, hw, o->eps));
+  } else {
+    if (o->training) { // SyncBN: a rank without tiles still joins the reduction (count 0)
+      PS_TRY(ps_nn_launch_bn_partials(ex, n * oc, s->part, z, hw));
+      PS_TRY(ps_nn_launch_channel_totals(ex, oc, s->stats, s->part, n, oc, (double)(n * hw)));
+    }
+    PS_TRY(bn_finish_ex(ex, mean, rstd, running_mean, running_var, oc, o, s));
+  }
+  return ps_nn_launch_convblock_epilogue(ex, n * oc * (h / 2) * (wd / 2), pool_out, argmax, z, mean, rstd, gamma, beta,
+                                         oc, o->groups, h, wd);
+}
+
+ps_status ps_nn_convblock_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *dgamma, float *dbeta,
+                                      const float *dpool, const uint8_t *argmax, const float *z, const float *mean,
+                                      const float *rstd, const float *in, const float *w, const float *gamma,
+                                      const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                      ps_nn_convblock_dev_scratch *s) {
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
+  PS_TRY(ps_nn_launch_convblock_backward_partials(ex, n * oc, s->part, dpool, argmax, z, mean, rstd, gamma, beta, oc,
+                                                  o->groups, h, wd));
+  PS_TRY(ps_nn_launch_channel_totals(ex, oc, s->stats, s->part, n, oc, (double)(n * hw)));
+  // Local sums: parameter gradients are all-reduced later with the others.
+  PS_TRY(ps_nn_launch_norm_param_grads(ex, oc, dgamma, dbeta, s->stats, oc));
+  if (o->groups > 0) {
+    PS_TRY(ps_nn_launch_gn_backward_group(ex, n * o->groups, s->gn_ab, s->part, gamma, oc, o->groups, hw));
+    PS_TRY(ps_nn_launch_gn_backward_dz(ex, n * oc * hw, s->gz, dpool, argmax, z, mean, rstd, gamma, beta, s->gn_ab, oc,
+                                       o->groups, h, wd));
+  } else {
+    if (o->training && o->reducer.fn) {
+      const size_t sb = (size_t)(2 * oc + 1) * sizeof(double);
+      PS_TRY(ps_nn_exec_download(ex, s->stats_h, s->stats, sb));
+      PS_TRY(o->reducer.fn(o->reducer.ctx, s->stats_h, 2 * oc + 1));
+      PS_TRY(ps_nn_exec_upload(ex, s->stats, s->stats_h, sb));
+    }
+    PS_TRY(ps_nn_launch_convblock_backward_dz_bn(ex, n * oc * hw, s->gz, dpool, argmax, z, mean, rstd, gamma, beta,
+                                                 s->stats, oc, h, wd, o->training ? 1 : 0));
+  }
+  if (n == 0) return PS_OK;
+  ps_tensor tdi = WRAPX(din, n, c, h, wd), tdw = WRAPX(dw, oc, c, 3, 3), tdo = WRAPX(s->gz, n, oc, h, wd),
+            tin = WRAPX(in, n, c, h, wd), tw = WRAPX(w, oc, c, 3, 3),
+            tws = WRAPX(s->ws, s->ws_floats > 0 ? s->ws_floats : 1);
+  return ps_conv2d_backward(din ? &tdi : NULL, &tdw, NULL, &tdo, &tin, &tw, &conv3x3, &tws);
+}
+
+// ---- gated attention (kernel bodies; GEMMs through the linear layer) -----------------------------
+ps_status ps_nn_gattn_forward_ex(const ps_nn_exec *ex, float *out, ps_nn_gattn_cache *c, const float *h,
+                                 const float *v, const float *bv, const float *u, const float *bu, const float *wv,
+                                 const int64_t *off, int64_t nt, int64_t nbags, int64_t d, int64_t a) {
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->a, NULL, h, v, bv, nt, d, a, PS_NN_ACT_TANH));
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->g, NULL, h, u, bu, nt, d, a, PS_NN_ACT_SIGMOID));
+  PS_TRY(ps_nn_launch_gattn_scores(ex, nt, c->alpha, c->a, c->g, wv, a));
+  PS_TRY(ps_nn_launch_gattn_softmax(ex, nbags, c->alpha, off));
+  return ps_nn_launch_gattn_pool(ex, nbags * d, out, c->alpha, h, off, d);
+}
+
 ps_status ps_nn_gattn_forward(float *out, ps_nn_gattn_cache *c, const float *h, const float *v, const float *bv,
                               const float *u, const float *bu, const float *wv, const int64_t *off, int64_t nbags,
                               int64_t d, int64_t a) {
-  int64_t nt = off[nbags];
-  PS_TRY(ps_nn_linear_forward(c->a, NULL, h, v, bv, nt, d, a, PS_NN_ACT_TANH));
-  PS_TRY(ps_nn_linear_forward(c->g, NULL, h, u, bu, nt, d, a, PS_NN_ACT_SIGMOID));
-  for (int64_t b = 0; b < nbags; b++) {
-    float *o = out + b * d;
-    memset(o, 0, (size_t)d * sizeof(float));
-    if (off[b + 1] == off[b]) continue;
-    float mx = -INFINITY;
-    for (int64_t k = off[b]; k < off[b + 1]; k++) {
-      float s = 0;
-      for (int64_t j = 0; j < a; j++) s += wv[j] * c->a[k * a + j] * c->g[k * a + j];
-      c->alpha[k] = s;
-      if (s > mx) mx = s;
-    }
-    double z = 0;
-    for (int64_t k = off[b]; k < off[b + 1]; k++) z += (c->alpha[k] = expf(c->alpha[k] - mx));
-    for (int64_t k = off[b]; k < off[b + 1]; k++) {
-      c->alpha[k] = (float)(c->alpha[k] / z);
-      for (int64_t j = 0; j < d; j++) o[j] += c->alpha[k] * h[k * d + j];
-    }
-  }
-  return PS_OK;
+  return ps_nn_gattn_forward_ex(&host_ex, out, c, h, v, bv, u, bu, wv, off, off[nbags], nbags, d, a);
+}
+
+ps_status ps_nn_gattn_backward_ex(const ps_nn_exec *ex, float *dh, float *dv, float *dbv, float *du, float *dbu,
+                                  float *dwv, const float *dout, const ps_nn_gattn_cache *c, const float *h,
+                                  const float *v, const float *u, const float *wv, const int64_t *off,
+                                  int64_t nt, int64_t nbags, int64_t d, int64_t a, float *scratch) {
+  float *da = scratch, *dg = da + nt * a, *ds = dg + nt * a, *dal = ds + nt;
+  PS_TRY(ps_nn_launch_gattn_backward_dal(ex, nt, dal, dout, h, off, nbags, d));
+  PS_TRY(ps_nn_launch_gattn_backward_dh(ex, nt * d, dh, c->alpha, dout, off, nbags, d));
+  PS_TRY(ps_nn_launch_gattn_backward_ds(ex, nbags, ds, dal, c->alpha, off));
+  PS_TRY(ps_nn_launch_gattn_backward_dadg(ex, nt * a, da, dg, ds, c->a, c->g, wv, a));
+  PS_TRY(ps_nn_launch_gattn_backward_dwv(ex, a, dwv, ds, c->a, c->g, nt, a));
+  PS_TRY(ps_nn_linear_backward_ex(ex, dh, dv, dbv, da, h, v, c->a, NULL, nt, d, a, PS_NN_ACT_TANH));
+  return ps_nn_linear_backward_ex(ex, dh, du, dbu, dg, h, u, c->g, NULL, nt, d, a, PS_NN_ACT_SIGMOID);
 }
 
 ps_status ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, float *dbu, float *dwv, const float *dout,
                                const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u,
                                const float *wv, const int64_t *off, int64_t nbags, int64_t d, int64_t a,
                                float *scratch) {
-  int64_t nt = off[nbags];
-  float *da = scratch, *dg = da + nt * a, *ds = dg + nt * a, *dal = ds + nt;
-  for (int64_t b = 0; b < nbags; b++) {
-    const float *go = dout + b * d;
-    double dot = 0;
-    for (int64_t k = off[b]; k < off[b + 1]; k++) {
-      float s = 0;
-      for (int64_t j = 0; j < d; j++) {
-        s += go[j] * h[k * d + j];
-        dh[k * d + j] += c->alpha[k] * go[j];
-      }
-      dal[k] = s;
-      dot += (double)c->alpha[k] * s;
-    }
-    for (int64_t k = off[b]; k < off[b + 1]; k++) ds[k] = c->alpha[k] * (dal[k] - (float)dot);
-  }
-  for (int64_t k = 0; k < nt; k++)
-    for (int64_t j = 0; j < a; j++) {
-      float av = c->a[k * a + j], gv = c->g[k * a + j];
-      da[k * a + j] = ds[k] * wv[j] * gv;
-      dg[k * a + j] = ds[k] * wv[j] * av;
-      dwv[j] += ds[k] * av * gv;
-    }
-  PS_TRY(ps_nn_linear_backward(dh, dv, dbv, da, h, v, c->a, NULL, nt, d, a, PS_NN_ACT_TANH));
-  PS_TRY(ps_nn_linear_backward(dh, du, dbu, dg, h, u, c->g, NULL, nt, d, a, PS_NN_ACT_SIGMOID));
-  return PS_OK;
+  return ps_nn_gattn_backward_ex(&host_ex, dh, dv, dbv, du, dbu, dwv, dout, c, h, v, u, wv, off, off[nbags], nbags, d,
+                                 a, scratch);
 }
 
 // ---- transformer encoder layer ---------------------------------------------------------------------
@@ -597,7 +652,10 @@ int64_t ps_nn_mhsa_cache_floats(const ps_nn_mhsa_dims *s) {
   int64_t n = s->b * s->t;
   return n * (3 * s->d + 4 * s->d + 4 + 2 * s->df) + s->b * s->nh * s->t * s->t;
 }
-int64_t ps_nn_mhsa_scratch_floats(const ps_nn_mhsa_dims *s) { return s->b * s->t * (7 * s->d + s->df); }
+// dr2, dy1, dr1, dctx (N, D), dh (N, DF), dqkv (N, 3D), score gradients (B, NH, T, T).
+int64_t ps_nn_mhsa_scratch_floats(const ps_nn_mhsa_dims *s) {
+  return s->b * s->t * (7 * s->d + s->df) + s->b * s->nh * s->t * s->t;
+}
 
 void ps_nn_mhsa_cache_bind(ps_nn_mhsa_cache *c, float *mem, const ps_nn_mhsa_dims *s) {
   int64_t n = s->b * s->t, d = s->d;
@@ -615,95 +673,49 @@ void ps_nn_mhsa_cache_bind(ps_nn_mhsa_cache *c, float *mem, const ps_nn_mhsa_dim
   c->h = mem;
 }
 
-ps_status ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
-                             const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s) {
+ps_status ps_nn_mhsa_forward_ex(const ps_nn_exec *ex, float *y, ps_nn_mhsa_cache *c, const float *x,
+                                const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s) {
   const int64_t B = s->b, T = s->t, D = s->d, NH = s->nh, DH = D / NH, N = B * T;
   const float scale = 1.0f / sqrtf((float)DH);
-  PS_TRY(ps_nn_linear_forward(c->qkv, NULL, x, p->wqkv, p->bqkv, N, D, 3 * D, PS_NN_ACT_NONE));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t hh = 0; hh < NH; hh++)
-      for (int64_t i = 0; i < T; i++) {
-        float *pr = c->prob + ((b * NH + hh) * T + i) * T;
-        const float *q = c->qkv + (b * T + i) * 3 * D + hh * DH;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < T; j++) {
-          if (!mask[b * T + j]) continue;
-          const float *k = c->qkv + (b * T + j) * 3 * D + D + hh * DH;
-          float sc = 0;
-          for (int64_t e = 0; e < DH; e++) sc += q[e] * k[e];
-          pr[j] = sc * scale;
-          if (pr[j] > mx) mx = pr[j];
-        }
-        double z = 0;
-        for (int64_t j = 0; j < T; j++) {
-          pr[j] = mask[b * T + j] ? expf(pr[j] - mx) : 0.0f; // masked keys: exactly 0
-          z += pr[j];
-        }
-        float *cx = c->ctx + (b * T + i) * D + hh * DH;
-        memset(cx, 0, (size_t)DH * sizeof(float));
-        for (int64_t j = 0; j < T; j++) {
-          pr[j] = (float)(pr[j] / z);
-          if (!mask[b * T + j]) continue;
-          const float *v = c->qkv + (b * T + j) * 3 * D + 2 * D + hh * DH;
-          for (int64_t e = 0; e < DH; e++) cx[e] += pr[j] * v[e];
-        }
-      }
-  PS_TRY(ps_nn_linear_forward(c->r1, NULL, c->ctx, p->wo, p->bo, N, D, D, PS_NN_ACT_NONE));
-  for (int64_t i = 0; i < N * D; i++) c->r1[i] += x[i];
-  PS_TRY(ps_nn_layernorm_forward(c->y1, c->mean1, c->rstd1, c->r1, p->ln1_g, p->ln1_b, N, D, 1e-5f));
-  PS_TRY(ps_nn_linear_forward(c->h, c->hpre, c->y1, p->w1, p->b1, N, D, s->df, PS_NN_ACT_GELU));
-  PS_TRY(ps_nn_linear_forward(c->r2, NULL, c->h, p->w2, p->b2, N, s->df, D, PS_NN_ACT_NONE));
-  for (int64_t i = 0; i < N * D; i++) c->r2[i] += c->y1[i];
-  PS_TRY(ps_nn_layernorm_forward(y, c->mean2, c->rstd2, c->r2, p->ln2_g, p->ln2_b, N, D, 1e-5f));
-  return PS_OK;
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->qkv, NULL, x, p->wqkv, p->bqkv, N, D, 3 * D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_launch_mhsa_forward(ex, B * NH * T, c->prob, c->ctx, c->qkv, mask, T, D, NH, scale));
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->r1, NULL, c->ctx, p->wo, p->bo, N, D, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_launch_add_inplace(ex, N * D, c->r1, x));
+  PS_TRY(ps_nn_layernorm_forward_ex(ex, c->y1, c->mean1, c->rstd1, c->r1, p->ln1_g, p->ln1_b, N, D, 1e-5f));
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->h, c->hpre, c->y1, p->w1, p->b1, N, D, s->df, PS_NN_ACT_GELU));
+  PS_TRY(ps_nn_linear_forward_ex(ex, c->r2, NULL, c->h, p->w2, p->b2, N, s->df, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_launch_add_inplace(ex, N * D, c->r2, c->y1));
+  return ps_nn_layernorm_forward_ex(ex, y, c->mean2, c->rstd2, c->r2, p->ln2_g, p->ln2_b, N, D, 1e-5f);
+}
+
+ps_status ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
+                             const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s) {
+  return ps_nn_mhsa_forward_ex(&host_ex, y, c, x, mask, p, s);
+}
+
+ps_status ps_nn_mhsa_backward_ex(const ps_nn_exec *ex, float *dx, ps_nn_mhsa_grads *g, float *dy,
+                                 const ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
+                                 const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s, float *scratch) {
+  const int64_t B = s->b, T = s->t, D = s->d, NH = s->nh, DH = D / NH, N = B * T, DF = s->df;
+  const float scale = 1.0f / sqrtf((float)DH);
+  float *dr2 = scratch, *dy1 = dr2 + N * D, *dh = dy1 + N * D, *dr1 = dh + N * DF, *dctx = dr1 + N * D,
+        *dqkv = dctx + N * D, *dsc = dqkv + N * 3 * D;
+  PS_TRY(ps_nn_exec_zero(ex, scratch, (size_t)ps_nn_mhsa_scratch_floats(s) * sizeof(float)));
+  PS_TRY(ps_nn_layernorm_backward_ex(ex, dr2, g->ln2_g, g->ln2_b, dy, c->r2, c->mean2, c->rstd2, p->ln2_g, N, D));
+  PS_TRY(ps_nn_exec_copy(ex, dy1, dr2, (size_t)(N * D) * sizeof(float))); // residual
+  PS_TRY(ps_nn_linear_backward_ex(ex, dh, g->w2, g->b2, dr2, c->h, p->w2, NULL, NULL, N, DF, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_linear_backward_ex(ex, dy1, g->w1, g->b1, dh, c->y1, p->w1, c->h, c->hpre, N, D, DF, PS_NN_ACT_GELU));
+  PS_TRY(ps_nn_layernorm_backward_ex(ex, dr1, g->ln1_g, g->ln1_b, dy1, c->r1, c->mean1, c->rstd1, p->ln1_g, N, D));
+  PS_TRY(ps_nn_launch_add_inplace(ex, N * D, dx, dr1)); // residual
+  PS_TRY(ps_nn_linear_backward_ex(ex, dctx, g->wo, g->bo, dr1, c->ctx, p->wo, NULL, NULL, N, D, D, PS_NN_ACT_NONE));
+  PS_TRY(ps_nn_launch_mhsa_backward_scores(ex, B * NH * T, dsc, c->prob, dctx, c->qkv, mask, T, D, NH, scale));
+  PS_TRY(ps_nn_launch_mhsa_backward_dqkv(ex, N * 3 * D, dqkv, dsc, c->prob, dctx, c->qkv, mask, T, D, NH));
+  return ps_nn_linear_backward_ex(ex, dx, g->wqkv, g->bqkv, dqkv, x, p->wqkv, NULL, NULL, N, D, 3 * D,
+                                  PS_NN_ACT_NONE);
 }
 
 ps_status ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
                               const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s,
                               float *scratch) {
-  const int64_t B = s->b, T = s->t, D = s->d, NH = s->nh, DH = D / NH, N = B * T, DF = s->df;
-  const float scale = 1.0f / sqrtf((float)DH);
-  float *dr2 = scratch, *dy1 = dr2 + N * D, *dh = dy1 + N * D, *dr1 = dh + N * DF, *dctx = dr1 + N * D,
-        *dqkv = dctx + N * D;
-  memset(scratch, 0, (size_t)ps_nn_mhsa_scratch_floats(s) * sizeof(float));
-  PS_TRY(ps_nn_layernorm_backward(dr2, g->ln2_g, g->ln2_b, dy, c->r2, c->mean2, c->rstd2, p->ln2_g, N, D));
-  memcpy(dy1, dr2, (size_t)(N * D) * sizeof(float)); // residual
-  PS_TRY(ps_nn_linear_backward(dh, g->w2, g->b2, dr2, c->h, p->w2, NULL, NULL, N, DF, D, PS_NN_ACT_NONE));
-  PS_TRY(ps_nn_linear_backward(dy1, g->w1, g->b1, dh, c->y1, p->w1, c->h, c->hpre, N, D, DF, PS_NN_ACT_GELU));
-  PS_TRY(ps_nn_layernorm_backward(dr1, g->ln1_g, g->ln1_b, dy1, c->r1, c->mean1, c->rstd1, p->ln1_g, N, D));
-  for (int64_t i = 0; i < N * D; i++) dx[i] += dr1[i]; // residual
-  PS_TRY(ps_nn_linear_backward(dctx, g->wo, g->bo, dr1, c->ctx, p->wo, NULL, NULL, N, D, D, PS_NN_ACT_NONE));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t hh = 0; hh < NH; hh++)
-      for (int64_t i = 0; i < T; i++) {
-        const float *pr = c->prob + ((b * NH + hh) * T + i) * T;
-        const float *dc = dctx + (b * T + i) * D + hh * DH;
-        float dp[64]; // T <= 64 (checked by the model)
-        double dot = 0;
-        for (int64_t j = 0; j < T; j++) {
-          dp[j] = 0;
-          if (!mask[b * T + j]) continue;
-          const float *v = c->qkv + (b * T + j) * 3 * D + 2 * D + hh * DH;
-          float *dv = dqkv + (b * T + j) * 3 * D + 2 * D + hh * DH;
-          for (int64_t e = 0; e < DH; e++) {
-            dp[j] += dc[e] * v[e];
-            dv[e] += pr[j] * dc[e];
-          }
-          dot += (double)pr[j] * dp[j];
-        }
-        const float *q = c->qkv + (b * T + i) * 3 * D + hh * DH;
-        float *dq = dqkv + (b * T + i) * 3 * D + hh * DH;
-        for (int64_t j = 0; j < T; j++) {
-          if (!mask[b * T + j]) continue;
-          float dsc = pr[j] * (dp[j] - (float)dot) * scale;
-          const float *k = c->qkv + (b * T + j) * 3 * D + D + hh * DH;
-          float *dk = dqkv + (b * T + j) * 3 * D + D + hh * DH;
-          for (int64_t e = 0; e < DH; e++) {
-            dq[e] += dsc * k[e];
-            dk[e] += dsc * q[e];
-          }
-        }
-      }
-  PS_TRY(ps_nn_linear_backward(dx, g->wqkv, g->bqkv, dqkv, x, p->wqkv, NULL, NULL, N, D, 3 * D, PS_NN_ACT_NONE));
-  return PS_OK;
+  return ps_nn_mhsa_backward_ex(&host_ex, dx, g, dy, c, x, mask, p, s, scratch);
 }

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ps_nn_exec.h"
 #include "ps_status.h"
 
 typedef enum { PS_NN_ACT_NONE = 0, PS_NN_ACT_RELU, PS_NN_ACT_GELU, PS_NN_ACT_TANH, PS_NN_ACT_SIGMOID, PS_NN_ACT_COUNT } ps_nn_act;
@@ -39,6 +40,12 @@ ps_status ps_nn_linear_forward(float *out, float *pre, const float *in, const fl
 ps_status ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, const float *in, const float *w,
                                 const float *out, const float *pre, int64_t n, int64_t din_, int64_t dout_,
                                 ps_nn_act act);
+// The same on the executor's device (every pointer there); the plain form is the host executor.
+ps_status ps_nn_linear_forward_ex(const ps_nn_exec *ex, float *out, float *pre, const float *in, const float *w,
+                                  const float *b, int64_t n, int64_t din, int64_t dout, ps_nn_act act);
+ps_status ps_nn_linear_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *db, float *dout,
+                                   const float *in, const float *w, const float *out, const float *pre, int64_t n,
+                                   int64_t din_, int64_t dout_, ps_nn_act act);
 // In-place activation and its backward (dx = dy * act'(.) in place on dy).
 void ps_nn_act_forward(float *x, float *pre, int64_t n, ps_nn_act act);
 void ps_nn_act_backward(float *dy, const float *out, const float *pre, int64_t n, ps_nn_act act);
@@ -71,12 +78,23 @@ ps_status ps_nn_layernorm_forward(float *out, float *mean, float *rstd, const fl
 ps_status ps_nn_layernorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
                                    const float *mean, const float *rstd, const float *gamma, int64_t n, int64_t d);
 
+ps_status ps_nn_layernorm_forward_ex(const ps_nn_exec *ex, float *out, float *mean, float *rstd, const float *in,
+                                     const float *gamma, const float *beta, int64_t n, int64_t d, float eps);
+ps_status ps_nn_layernorm_backward_ex(const ps_nn_exec *ex, float *din, float *dgamma, float *dbeta,
+                                      const float *dout, const float *in, const float *mean, const float *rstd,
+                                      const float *gamma, int64_t n, int64_t d);
+
 // ---- Dropout (inverted) over rows of (N, D) -----------------------------------------
 // Element j of row r is kept iff ps_rng_uniform(ps_rng_make(seed, row_streams[r]), j) >= p,
 // so a row's mask depends only on its stream key, never on rank or thread.
 ps_status ps_nn_dropout_forward(float *out, uint8_t *mask, const float *in, float p, uint64_t seed,
                                 const uint64_t *row_streams, int64_t n, int64_t d);
 ps_status ps_nn_dropout_backward(float *din, const float *dout, const uint8_t *mask, float p, int64_t n, int64_t d);
+// row_streams stays a host array on every device (tensor's op uploads it).
+ps_status ps_nn_dropout_forward_ex(const ps_nn_exec *ex, float *out, uint8_t *mask, const float *in, float p,
+                                   uint64_t seed, const uint64_t *row_streams, int64_t n, int64_t d);
+ps_status ps_nn_dropout_backward_ex(const ps_nn_exec *ex, float *din, const float *dout, const uint8_t *mask, float p,
+                                    int64_t n, int64_t d);
 
 // ---- MaxPool2d (k x k, stride k, no padding) and global average pool -------------------
 // argmax (N, C, OH, OW) u8: winner's position within its window (first max).
@@ -117,6 +135,35 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
                                    const float *in, const float *w, const float *gamma, const float *beta,
                                    const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
 
+// ---- Device-style conv block (the CUDA path; runs on the host executor too, for tests) ----------
+// Same math and outputs as the fused block, organised for a GPU: tensor's conv on the whole tile
+// batch (cuDNN on CUDA), statistics as two-stage kernel bodies (per (tile, channel) partials,
+// per-channel totals, double), the norm + ReLU + pool epilogue and the backward as bodies. All
+// pointers on ex->device except the *_h scratch (host). SyncBN: the 2*OC+1 totals go through
+// the reducer on the host (downloaded, reduced, uploaded).
+typedef struct {
+  float *gz;         // (N, OC, H, W) dz (backward)
+  float *ws;         // conv workspace, ws_floats >= ps_nn_convblock_dev_ws_floats()
+  int64_t ws_floats;
+  double *part;      // (2 * N * OC) per (tile, channel) partial sums
+  double *stats;     // (2 * OC + 1) per-channel totals
+  double *stats_h;   // (2 * OC + 1) host copy (the same memory on the host executor)
+  float *chan_h;     // (4 * OC) host scratch: mean, rstd, running mean, running var (CUDA BatchNorm)
+  float *gn_ab;      // (2 * N * groups) GroupNorm backward coefficients
+} ps_nn_convblock_dev_scratch;
+// Conv workspace floats for the whole batch d->n on device dev (cuDNN's on CUDA); -1 on bad shapes.
+int64_t ps_nn_convblock_dev_ws_floats(ps_device dev, const ps_nn_convblock_dims *d);
+ps_status ps_nn_convblock_forward_ex(const ps_nn_exec *ex, float *pool_out, uint8_t *argmax, float *z, float *mean,
+                                     float *rstd, const float *in, const float *w, const float *gamma,
+                                     const float *beta, float *running_mean, float *running_var,
+                                     const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                     ps_nn_convblock_dev_scratch *s);
+ps_status ps_nn_convblock_backward_ex(const ps_nn_exec *ex, float *din, float *dw, float *dgamma, float *dbeta,
+                                      const float *dpool, const uint8_t *argmax, const float *z, const float *mean,
+                                      const float *rstd, const float *in, const float *w, const float *gamma,
+                                      const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                      ps_nn_convblock_dev_scratch *s);
+
 // ---- Gated attention pooling over bags (Ilse et al. 2018) ------------------------------
 // Bag b holds rows [off[b], off[b+1]) of h (NT, D); an empty bag gives out = 0.
 // score_k = w · (tanh(V h_k + bv) ⊙ sigmoid(U h_k + bu)); alpha = softmax over the bag;
@@ -134,6 +181,15 @@ ps_status ps_nn_gattn_backward(float *dh, float *dv, float *dbv, float *du, floa
                                const ps_nn_gattn_cache *c, const float *h, const float *v, const float *u,
                                const float *wv, const int64_t *off, int64_t nbags, int64_t d, int64_t a,
                                float *scratch);
+
+// Executor form: off (B+1) on the executor's device, nt = off[B] given by the host.
+ps_status ps_nn_gattn_forward_ex(const ps_nn_exec *ex, float *out, ps_nn_gattn_cache *c, const float *h,
+                                 const float *v, const float *bv, const float *u, const float *bu, const float *wv,
+                                 const int64_t *off, int64_t nt, int64_t nbags, int64_t d, int64_t a);
+ps_status ps_nn_gattn_backward_ex(const ps_nn_exec *ex, float *dh, float *dv, float *dbv, float *du, float *dbu,
+                                  float *dwv, const float *dout, const ps_nn_gattn_cache *c, const float *h,
+                                  const float *v, const float *u, const float *wv, const int64_t *off,
+                                  int64_t nt, int64_t nbags, int64_t d, int64_t a, float *scratch);
 
 // ---- Transformer encoder layer (post-LN, like PyTorch's default) --------------------------
 // x (B*T, D) -> y (B*T, D): y1 = LN1(x + MHSA(x)), y = LN2(y1 + W2 gelu(W1 y1 + b1) + b2).
@@ -171,5 +227,10 @@ ps_status ps_nn_mhsa_forward(float *y, ps_nn_mhsa_cache *c, const float *x, cons
 ps_status ps_nn_mhsa_backward(float *dx, ps_nn_mhsa_grads *g, float *dy, const ps_nn_mhsa_cache *c, const float *x,
                               const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s,
                               float *scratch);
+ps_status ps_nn_mhsa_forward_ex(const ps_nn_exec *ex, float *y, ps_nn_mhsa_cache *c, const float *x,
+                                const uint8_t *mask, const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s);
+ps_status ps_nn_mhsa_backward_ex(const ps_nn_exec *ex, float *dx, ps_nn_mhsa_grads *g, float *dy,
+                                 const ps_nn_mhsa_cache *c, const float *x, const uint8_t *mask,
+                                 const ps_nn_mhsa_params *p, const ps_nn_mhsa_dims *s, float *scratch);
 
 #endif

@@ -98,7 +98,12 @@ typedef struct ps_model ps_model;
 
 typedef void (*ps_grad_ready_fn)(void *ctx, int64_t first_final_offset);
 
+// ps_model_create(out, cfg) == ps_model_create_on(out, cfg, PS_CPU). On PS_CUDA the parameter,
+// gradient and buffer arenas live on the current device (bind it first); initial values are
+// the CPU model's (computed on the host, uploaded).
 ps_status ps_model_create(ps_model **out, const ps_model_config *cfg);
+ps_status ps_model_create_on(ps_model **out, const ps_model_config *cfg, ps_device dev);
+ps_device ps_model_device(const ps_model *m);
 void ps_model_destroy(ps_model *m);
 const ps_model_config *ps_model_config_of(const ps_model *m);
 ps_param_table *ps_model_params(ps_model *m);  // trainable (with gradient arena)
@@ -113,21 +118,44 @@ ps_nn_reducer ps_nn_reducer_comm(ps_comm *c);
 ps_status ps_model_plan(ps_model *m, int64_t max_b);
 size_t ps_model_activation_bytes(const ps_model *m);
 
-// Forward. eta (B). recon_loss: mean squared error over present omics rows (0 if none).
+// Forward. eta (B) and recon_loss are host pointers on every device, as are the batch arrays
+// (gathered on the host into pinned staging and copied once per array on CUDA). recon_loss: mean squared error over present omics rows (0 if none).
 // training: batch statistics, dropout, input noise; step keys dropout and noise.
 ps_status ps_model_forward(ps_model *m, float *eta, double *recon_loss, const ps_model_batch *in, bool training,
                            int64_t step);
+// Next-batch prefetch (CUDA): gathers `in`'s rows on the host into the spare pinned staging
+// and queues their copies to the device on the model's own stream, after the work queued so far,
+// so they overlap the current step. The next ps_model_forward with the same batch (same
+// pointers and b) uses them without waiting on the host; any other batch is gathered and copied
+// synchronously as usual (the staging is dropped). The arrays behind `in` must not change until
+// that forward. A no-op on the CPU (the forward gathers straight into the activations).
+ps_status ps_model_stage(ps_model *m, const ps_model_batch *in);
 // Divisor of the reconstruction sum of squares in backward (default: local present rows * G).
 // Distributed training passes the global count so that 1 rank == N ranks.
 void ps_model_set_recon_norm(ps_model *m, double norm);
-// Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta. Accumulates into the gradient
+// Backward of L = f(eta) + lambda * recon: deta (B) = dL/deta, a host pointer on every device. Accumulates into the gradient
 // arena (zero it first with ps_param_zero_grad). hook (may be NULL) is called after each
 // layer group's gradients are final with the offset of its first parameter; offsets decrease.
+// On CUDA the hook fires when the group's kernels are queued on the default stream, not when
+// they have run: a consumer on another stream (NCCL) must order itself after them (an event).
 ps_status ps_model_backward(ps_model *m, const float *deta, float lambda_recon, ps_grad_ready_fn hook, void *hook_ctx);
+
+// Conv blocks through the device-style path (whole-batch conv + kernel bodies; the only path on
+// CUDA) instead of the fused CPU block. On the CPU this runs the GPU's orchestration and bodies on
+// the host executor, with host staging/index/result buffers separate from the "device" activations
+// and every host<->device copy done as a memcpy (tests compare it with the default path, so a
+// missing copy shows). Set it before ps_model_plan; changing it later drops the plan (plan again).
+void ps_model_set_device_block(ps_model *m, bool on);
+// CUDA: synchronize the device around each module timer so ps_model_timers reports execution
+// times (costs the overlap of host work with the queue). Off: CUDA module times are the launch
+// times of asynchronous work (the step total stays right: backward ends with device-to-host
+// copies or the optimizer's norm, which wait). No effect on the CPU.
+void ps_model_set_timing_sync(ps_model *m, bool on);
 
 // Attention of the last forward: tiles (B, K) per-tile weights (0 past the bag's count);
 // modalities (B, M) mean over heads and present queries of the last fusion layer's weights
-// (0 for missing modalities). Pointers into the activation arena, valid until the next forward.
+// (0 for missing modalities). Host pointers on every device (copied down after forward on CUDA),
+// valid until the next forward.
 const float *ps_model_tile_attention(const ps_model *m);
 const float *ps_model_modality_attention(const ps_model *m);
 int ps_model_tokens(const ps_model *m); // M

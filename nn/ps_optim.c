@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_cuda.h"
+
 static const char *const kind_names[] = {"adamw", "sgd"};
 _Static_assert(sizeof(kind_names) / sizeof(kind_names[0]) == PS_OPTIM_COUNT, "optimizer name table");
 static const char *const sched_names[] = {"constant", "warmup_cosine"};
@@ -32,6 +34,29 @@ void ps_optim_config_default(ps_optim_config *c) {
   c->schedule = PS_LR_CONSTANT;
 }
 
+// Device state: zeroed moments and the decay mask built on the host, uploaded once.
+static ps_status create_device(ps_optim *o, const ps_param_table *t) {
+  PS_REQUIRE(o->cfg.kind == PS_OPTIM_ADAMW, "optimizer: %s is not available on CUDA (use adamw)",
+             ps_optim_kind_name(o->cfg.kind));
+  o->device = PS_CUDA;
+  size_t nb = (size_t)o->n + 1;
+  uint8_t *mask = calloc(nb, 1);
+  ps_status s = mask ? PS_OK : ps_error_set(PS_ERR_MEM, __FILE__, __LINE__, "optimizer: out of memory for a mask of %lld", (long long)o->n);
+  if (s == PS_OK) s = ps_cuda_malloc((void **)&o->m, nb * sizeof(float));
+  if (s == PS_OK) s = ps_cuda_malloc((void **)&o->v, nb * sizeof(float));
+  if (s == PS_OK) s = ps_cuda_malloc((void **)&o->decay, nb);
+  if (s == PS_OK) s = ps_cuda_memset_zero(o->m, nb * sizeof(float));
+  if (s == PS_OK) s = ps_cuda_memset_zero(o->v, nb * sizeof(float));
+  if (s == PS_OK) {
+    for (int i = 0; i < t->count; i++)
+      if (t->p[i].decay) memset(mask + t->p[i].offset, 1, (size_t)t->p[i].numel);
+    s = ps_cuda_copy_h2d(o->decay, mask, nb);
+  }
+  free(mask);
+  if (s != PS_OK) ps_optim_free(o);
+  return s;
+}
+
 ps_status ps_optim_create(ps_optim *o, const ps_optim_config *cfg, const ps_param_table *t) {
   memset(o, 0, sizeof(*o));
   PS_REQUIRE(cfg->lr > 0, "optimizer: lr %g must be > 0", cfg->lr);
@@ -40,6 +65,7 @@ ps_status ps_optim_create(ps_optim *o, const ps_optim_config *cfg, const ps_para
              (long long)cfg->warmup_steps);
   o->cfg = *cfg;
   o->n = t->total;
+  if (t->device == PS_CUDA) return create_device(o, t);
   o->m = calloc((size_t)o->n + 1, sizeof(float));
   o->v = calloc((size_t)o->n + 1, sizeof(float));
   o->decay = calloc((size_t)o->n + 1, 1);
@@ -53,9 +79,15 @@ ps_status ps_optim_create(ps_optim *o, const ps_optim_config *cfg, const ps_para
 }
 
 void ps_optim_free(ps_optim *o) {
-  free(o->m);
-  free(o->v);
-  free(o->decay);
+  if (o->device == PS_CUDA) {
+    ps_cuda_free(o->m);
+    ps_cuda_free(o->v);
+    ps_cuda_free(o->decay);
+  } else {
+    free(o->m);
+    free(o->v);
+    free(o->decay);
+  }
   o->m = o->v = NULL;
   o->decay = NULL;
 }
@@ -86,7 +118,48 @@ double ps_optim_clip(float *g, int64_t n, float max_norm) {
   return norm;
 }
 
+// The CPU step's math on device arrays: norm (double, host), clip by scaling, AdamW.
+static ps_status step_device(ps_optim *o, float *p, float *g, double *grad_norm) {
+  const ps_optim_config *c = &o->cfg;
+  double ss = 0;
+  PS_TRY(ps_cuda_sumsq(&ss, g, o->n));
+  double norm = sqrt(ss);
+  if (grad_norm) *grad_norm = norm;
+  if (!isfinite(norm))
+    PS_FAIL(PS_ERR_NUMERIC, "optimizer step %lld: gradient norm is %g (parameters left unchanged)",
+            (long long)o->step, norm);
+  if (c->clip_norm > 0 && norm > c->clip_norm) PS_TRY(ps_cuda_scale_inplace(g, (float)(c->clip_norm / norm), o->n));
+  const float lr = ps_optim_lr(c, o->step);
+  o->step++;
+  const float bc1 = (float)(1.0 - pow(c->beta1, (double)o->step)), bc2 = (float)(1.0 - pow(c->beta2, (double)o->step));
+  return ps_cuda_adamw_step(p, g, o->m, o->v, o->decay, o->n, lr, c->beta1, c->beta2, c->eps, c->weight_decay, bc1,
+                            bc2);
+}
+
+ps_status ps_optim_download(const ps_optim *o, float *m, float *v) {
+  size_t bytes = (size_t)o->n * sizeof(float);
+  if (o->device == PS_CUDA) {
+    PS_TRY(ps_cuda_copy_d2h(m, o->m, bytes));
+    return ps_cuda_copy_d2h(v, o->v, bytes);
+  }
+  memcpy(m, o->m, bytes);
+  memcpy(v, o->v, bytes);
+  return PS_OK;
+}
+
+ps_status ps_optim_upload(ps_optim *o, const float *m, const float *v) {
+  size_t bytes = (size_t)o->n * sizeof(float);
+  if (o->device == PS_CUDA) {
+    PS_TRY(ps_cuda_copy_h2d(o->m, m, bytes));
+    return ps_cuda_copy_h2d(o->v, v, bytes);
+  }
+  memcpy(o->m, m, bytes);
+  memcpy(o->v, v, bytes);
+  return PS_OK;
+}
+
 ps_status ps_optim_step(ps_optim *o, float *p, float *g, double *grad_norm) {
+  if (o->device == PS_CUDA) return step_device(o, p, g, grad_norm);
   const ps_optim_config *c = &o->cfg;
   double norm = ps_optim_clip(g, o->n, c->clip_norm);
   if (grad_norm) *grad_norm = norm;

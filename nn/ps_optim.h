@@ -1,6 +1,9 @@
 // ps_optim: optimizers over the flat parameter arena. One pass over one buffer; the
 // per-element weight-decay flag comes from the parameter table (norm scales, biases and
 // embeddings are not decayed). Schedules: constant, linear warm-up + cosine decay.
+// On a CUDA parameter table the state (m, v, decay mask) lives on the device and the
+// step runs there (tensor's ps_cuda_adamw_step, ps_cuda_sumsq, ps_cuda_scale_inplace:
+// the CPU step's formulas); only AdamW is offered on CUDA (SGD is refused at create).
 #ifndef PS_OPTIM_H
 #define PS_OPTIM_H
 
@@ -35,6 +38,7 @@ void ps_optim_config_default(ps_optim_config *c); // AdamW lr 1e-3, wd 1e-2, con
 typedef struct {
   ps_optim_config cfg;
   int64_t n;        // elements (the arena's total)
+  ps_device device; // of m, v, decay (the parameter table's)
   float *m, *v;     // (n) first/second moments; SGD uses m as the momentum buffer
   uint8_t *decay;   // (n) 1 where weight decay applies
   int64_t step;     // updates done so far
@@ -50,6 +54,10 @@ double ps_optim_grad_norm(const float *g, int64_t n);
 double ps_optim_clip(float *g, int64_t n, float max_norm);
 // One update (clipping included when cfg.clip_norm > 0). grads are modified only by clipping.
 // Returns PS_ERR_NUMERIC if the gradient norm is not finite (parameters untouched).
+// params/grads are arenas on the optimizer's device (the table's data/grad).
 ps_status ps_optim_step(ps_optim *o, float *params, float *grads, double *grad_norm);
+// The moments as host arrays of n floats (checkpoints), on any device.
+ps_status ps_optim_download(const ps_optim *o, float *m, float *v);
+ps_status ps_optim_upload(ps_optim *o, const float *m, const float *v);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_cuda.h"
 #include "ps_rng.h"
 
 static const char *const init_names[] = {"zero", "one", "kaiming_uniform", "xavier_uniform", "normal_0.02"};
@@ -60,27 +61,59 @@ ps_status ps_param_add(ps_param_table *t, int *index, const char *name, int ndim
   return PS_OK;
 }
 
+ps_status ps_param_table_set_device(ps_param_table *t, ps_device dev) {
+  PS_REQUIRE(!t->data, "%s table: device must be set before allocation", t->what);
+  PS_REQUIRE((unsigned)dev < PS_DEVICE_COUNT, "%s table: unknown device %d", t->what, (int)dev);
+  t->device = dev;
+  return PS_OK;
+}
+
+static ps_status zero_bytes(ps_device dev, void *p, size_t bytes) {
+  if (dev == PS_CUDA) return ps_cuda_memset_zero(p, bytes);
+  memset(p, 0, bytes);
+  return PS_OK;
+}
+
 ps_status ps_param_table_alloc(ps_param_table *t) {
   PS_REQUIRE(!t->data, "%s table allocated twice", t->what);
   size_t bytes = (size_t)(t->total ? t->total : 1) * sizeof(float);
-  PS_TRY(ps_arena_init(&t->data_arena, t->what, PS_CPU, bytes));
+  PS_TRY(ps_arena_init(&t->data_arena, t->what, t->device, bytes));
   void *p;
   PS_TRY(ps_arena_alloc_bytes(&t->data_arena, bytes, &p));
   t->data = p;
-  memset(t->data, 0, bytes);
+  PS_TRY(zero_bytes(t->device, t->data, bytes));
   if (t->with_grad) {
-    PS_TRY(ps_arena_init(&t->grad_arena, "gradients", PS_CPU, bytes));
+    PS_TRY(ps_arena_init(&t->grad_arena, "gradients", t->device, bytes));
     PS_TRY(ps_arena_alloc_bytes(&t->grad_arena, bytes, &p));
     t->grad = p;
-    memset(t->grad, 0, bytes);
+    PS_TRY(zero_bytes(t->device, t->grad, bytes));
   }
   return PS_OK;
 }
 
-void ps_param_table_init_values(ps_param_table *t, uint64_t seed) {
+ps_status ps_param_table_download(const ps_param_table *t, float *host, bool grad) {
+  const float *src = grad ? t->grad : t->data;
+  PS_REQUIRE(src, "%s table: no %s to download (not allocated)", t->what, grad ? "gradients" : "values");
+  size_t bytes = (size_t)t->total * sizeof(float);
+  if (!bytes) return PS_OK;
+  if (t->device == PS_CUDA) return ps_cuda_copy_d2h(host, src, bytes);
+  memcpy(host, src, bytes);
+  return PS_OK;
+}
+
+ps_status ps_param_table_upload(ps_param_table *t, const float *host) {
+  PS_REQUIRE(t->data, "%s table: upload before allocation", t->what);
+  size_t bytes = (size_t)t->total * sizeof(float);
+  if (!bytes) return PS_OK;
+  if (t->device == PS_CUDA) return ps_cuda_copy_h2d(t->data, host, bytes);
+  memcpy(t->data, host, bytes);
+  return PS_OK;
+}
+
+static void init_host(ps_param_table *t, float *base, uint64_t seed) {
   for (int i = 0; i < t->count; i++) {
     ps_param_info *e = &t->p[i];
-    float *x = t->data + e->offset;
+    float *x = base + e->offset;
     ps_rng r = ps_rng_make(seed, ps_rng_stream(PS_RNG_INIT, (uint64_t)i, 0, 0));
     double bound = 0;
     switch (e->init) {
@@ -99,8 +132,24 @@ void ps_param_table_init_values(ps_param_table *t, uint64_t seed) {
   }
 }
 
-void ps_param_zero_grad(ps_param_table *t) {
-  if (t->grad) memset(t->grad, 0, (size_t)t->total * sizeof(float));
+ps_status ps_param_table_init_values(ps_param_table *t, uint64_t seed) {
+  PS_REQUIRE(t->data, "%s table: init before allocation", t->what);
+  if (t->device == PS_CPU) {
+    init_host(t, t->data, seed);
+    return PS_OK;
+  }
+  // Host staging with the padding zeroed, then one upload: same values as a CPU table.
+  float *h = calloc((size_t)t->total + 1, sizeof(float));
+  if (!h) PS_FAIL(PS_ERR_MEM, "%s table: out of memory staging %lld initial values", t->what, (long long)t->total);
+  init_host(t, h, seed);
+  ps_status s = ps_param_table_upload(t, h);
+  free(h);
+  return s;
+}
+
+ps_status ps_param_zero_grad(ps_param_table *t) {
+  if (!t->grad) return PS_OK;
+  return zero_bytes(t->device, t->grad, (size_t)t->total * sizeof(float));
 }
 
 int ps_param_find(const ps_param_table *t, const char *name) {

@@ -8,6 +8,7 @@
 
 #include "ps_cuda.h"
 #include "ps_cuda_internal.h"
+#include "ps_cuda_ops.h" // ps_ops_get_matmul_precision
 
 extern "C" int ps_cuda_device_count(void) {
   int n = 0;
@@ -90,24 +91,27 @@ extern "C" ps_status ps_cuda_axpby_f32(float *out, float alpha, const float *x, 
 
 static thread_local cublasHandle_t tl_blas = nullptr;
 static thread_local bool tl_tf32 = false;
+static thread_local int tl_blas_tf32 = -1; // math mode the handle has (-1: not set yet)
+
+// TF32 for this thread: ps_cuda_set_tf32 on this thread, or the process-wide
+// matmul precision (ps_ops_set_matmul_precision) set to TF32.
+bool ps_cuda_tf32_enabled(void) { return tl_tf32 || ps_ops_get_matmul_precision() == PS_MATMUL_TF32; }
 
 ps_status ps_cuda_blas_handle(cublasHandle_t *h) {
-  if (!tl_blas) {
-    PS_CUBLAS_CHECK(cublasCreate(&tl_blas));
-    // Plain fp32 unless asked: TF32 would change results at the 1e-3 level.
-    PS_CUBLAS_CHECK(cublasSetMathMode(tl_blas, tl_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  if (!tl_blas) PS_CUBLAS_CHECK(cublasCreate(&tl_blas));
+  // Plain fp32 unless asked: TF32 would change results at the 1e-3 level.
+  int want = ps_cuda_tf32_enabled() ? 1 : 0;
+  if (want != tl_blas_tf32) {
+    PS_CUBLAS_CHECK(cublasSetMathMode(tl_blas, want ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    tl_blas_tf32 = want;
   }
   *h = tl_blas;
   return PS_OK;
 }
 
-bool ps_cuda_tf32_enabled(void) { return tl_tf32; }
-
 extern "C" ps_status ps_cuda_set_tf32(bool enabled) {
   tl_tf32 = enabled;
-  if (tl_blas)
-    PS_CUBLAS_CHECK(cublasSetMathMode(tl_blas, enabled ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-  return PS_OK;
+  return PS_OK; // the handle picks the mode up on its next use
 }
 
 static thread_local void *tl_scratch = nullptr;

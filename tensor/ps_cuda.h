@@ -95,6 +95,10 @@ ps_status ps_cuda_bf16_to_f32(float *out, const uint16_t *in, int64_t n);
 // (K, M); likewise B. Master weights stay f32; only the matrix inputs are bf16.
 ps_status ps_cuda_gemm_bf16(float *C, const uint16_t *A, bool trans_a, const uint16_t *B, bool trans_b,
                             int64_t M, int64_t N, int64_t K, float alpha, float beta);
+// Bytes of the calling thread's bf16 input scratch of BF16-precision GEMMs
+// (ps_ops_set_matmul_precision): grows to the largest GEMM seen, then stays.
+// 0 before the first such GEMM and in builds without CUDA.
+size_t ps_cuda_bf16_scratch_bytes(void);
 // TF32 tensor cores for the f32 GEMMs (off by default: plain fp32, so results
 // match the CPU to ~1e-6; on, ~1e-3 relative, 10-bit mantissa inputs).
 ps_status ps_cuda_set_tf32(bool enabled);

@@ -1,7 +1,9 @@
 // CUDA 2-d convolution (NCHW). With cuDNN (PANSURV_HAVE_CUDNN=1): the legacy
 // convolution API, algorithms chosen once per shape (cudnnGet*_v7 heuristics,
-// first deterministic one that fits), strict fp32 (FMA math) unless TF32 is on,
-// workspace in the caller's workspace tensor. Without cuDNN, or with
+// first deterministic one that fits), strict fp32 (FMA math) unless TF32 is on
+// or the matmul precision is BF16 (then tensor-op math: TF32 inputs, fp32
+// accumulation), workspace in the caller's workspace tensor. The im2col path's
+// GEMMs follow the matmul precision (bf16 inputs under BF16). Without cuDNN, or with
 // PANSURV_CONV=im2col in the environment, or when the workspace is too small
 // for cuDNN: im2col + cuBLAS, one image at a time through one lowered image
 // (CKK, P). Inputs are checked by ps_conv2d_forward/backward before they get here.
@@ -80,7 +82,10 @@ template <typename Perf, typename Algo> static bool pick(const Perf *perf, int n
 }
 
 static ps_status dnn_plan_for(const cconv_dims *d, dnn_plan **out) {
-  bool tf32 = ps_cuda_tf32_enabled();
+  // BF16 matmul precision: fp32 tensors with tensor-op math (TF32 inputs, fp32
+  // accumulation); bf16 storage would also round the output and the gradients
+  // that backward accumulates into (beta = 1).
+  bool tf32 = ps_cuda_tf32_enabled() || ps_ops_get_matmul_precision() == PS_MATMUL_BF16;
   for (int i = 0; i < tl_nplans; i++)
     if (!memcmp(&tl_plans[i].d, d, sizeof *d) && tl_plans[i].tf32 == tf32) {
       *out = &tl_plans[i];

@@ -10,6 +10,7 @@
 // N batch, C channels, S spatial positions per channel, NC planes.
 #include <math.h>
 
+#include "ps_cuda.h"
 #include "ps_cuda_internal.h"
 #include "ps_cuda_ops.h"
 #include "ps_philox.h"
@@ -27,6 +28,43 @@ __global__ static void beta_scale_kernel(float *C, float beta, int64_t n) {
   PS_CUDA_FOR(i, n) C[i] = beta == 0.0f ? 0.0f : beta * C[i];
 }
 
+// bf16 copies of the two matrix inputs of a BF16-precision GEMM: A (M*K) then
+// B (K*N) at a 256-byte aligned offset. One buffer per thread that grows to the
+// largest GEMM seen and never shrinks: cudaMalloc happens only while new, larger
+// shapes appear (the first training step), never in a steady-state step.
+static thread_local void *tl_bf16 = nullptr;
+static thread_local size_t tl_bf16_cap = 0;
+
+extern "C" size_t ps_cuda_bf16_scratch_bytes(void) { return tl_bf16_cap; }
+
+static ps_status bf16_scratch(size_t nbytes, void **p) {
+  if (nbytes > tl_bf16_cap) {
+    if (tl_bf16) PS_CUDA_CHECK(cudaFree(tl_bf16)); // synchronizes: GEMMs reading the old copy are done
+    tl_bf16 = nullptr;
+    tl_bf16_cap = 0;
+    PS_CUDA_CHECK(cudaMalloc(&tl_bf16, nbytes));
+    tl_bf16_cap = nbytes;
+  }
+  *p = tl_bf16;
+  return PS_OK;
+}
+
+// C (fp32) = alpha op(A) op(B) + beta C with A and B rounded to bf16 (round to
+// nearest even) and fp32 accumulation (CUBLAS_COMPUTE_32F). Bias already applied.
+static ps_status gemm_bf16_inputs(float *C, const float *A, bool ta, const float *B, bool tb, float alpha, float beta,
+                                  int64_t M, int64_t N, int64_t K) {
+  PS_REQUIRE(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, "bf16 gemm: sizes (%lld, %lld, %lld) exceed cuBLAS's "
+             "int range", (long long)M, (long long)N, (long long)K);
+  size_t na = (size_t)(M * K), nb = (size_t)(K * N);
+  size_t off_b = (na * sizeof(uint16_t) + 255) / 256 * 256;
+  void *scr = nullptr;
+  PS_TRY(bf16_scratch(off_b + nb * sizeof(uint16_t), &scr));
+  uint16_t *a16 = (uint16_t *)scr, *b16 = (uint16_t *)((char *)scr + off_b);
+  PS_TRY(ps_cuda_f32_to_bf16(a16, A, (int64_t)na));
+  PS_TRY(ps_cuda_f32_to_bf16(b16, B, (int64_t)nb));
+  return ps_cuda_gemm_bf16(C, a16, ta, b16, tb, M, N, K, alpha, beta);
+}
+
 extern "C" ps_status ps_cuda_op_gemm(float *C, const float *A, bool ta, const float *B, bool tb, const float *bias,
                                      float alpha, float beta, int64_t M, int64_t N, int64_t K) {
   if (M == 0 || N == 0) return PS_OK;
@@ -42,6 +80,7 @@ extern "C" ps_status ps_cuda_op_gemm(float *C, const float *A, bool ta, const fl
     }
     return PS_OK;
   }
+  if (ps_ops_get_matmul_precision() == PS_MATMUL_BF16) return gemm_bf16_inputs(C, A, ta, B, tb, alpha, beta, M, N, K);
   cublasHandle_t h;
   PS_TRY(ps_cuda_blas_handle(&h));
   // Row-major C (M, N) = op(A) op(B) is column-major C^T (N, M) = op(B)^T op(A)^T.

@@ -18,6 +18,24 @@
 void ps_ops_set_threads(int nthreads);
 int ps_ops_get_threads(void);
 
+// ---- matmul precision ----------------------------------------------------
+// Precision of the matrix products of CUDA tensors (ps_gemm, ps_linear_*,
+// ps_conv2d_*), process-wide. FP32: plain fp32 (results match the CPU to
+// ~1e-6). TF32: tensor cores with 10-bit-mantissa inputs (ps_cuda_set_tf32).
+// BF16: ps_gemm/ps_linear_* round their two matrix inputs to bf16 (8-bit
+// mantissa) in a device scratch that grows to the largest GEMM seen and is
+// then reused (no cudaMalloc per call once the first step has run), and
+// multiply with fp32 accumulation into an fp32 output; cuDNN convolutions run
+// on fp32 tensors with tensor-op math (TF32 inputs, fp32 accumulation), the
+// im2col fallback through the bf16 GEMM. Everything else (activations,
+// weights, optimizer state, norms, softmax, reductions) stays fp32.
+// CPU ops always compute in fp32: setting TF32 or BF16 in a build without
+// CUDA returns PS_ERR_UNSUPPORTED and leaves the setting at FP32.
+typedef enum { PS_MATMUL_FP32 = 0, PS_MATMUL_TF32, PS_MATMUL_BF16, PS_MATMUL_PRECISION_COUNT } ps_matmul_precision;
+const char *ps_matmul_precision_name(ps_matmul_precision p);
+ps_status ps_ops_set_matmul_precision(ps_matmul_precision p);
+ps_matmul_precision ps_ops_get_matmul_precision(void);
+
 // ---- GEMM ----------------------------------------------------------------
 // out (M, N) = alpha * op(a) · op(b) + beta * out (+ bias (N) broadcast over rows, when non-NULL)
 // op(a) is (M, K): a is (M, K) or, with trans_a, (K, M); likewise b. Each

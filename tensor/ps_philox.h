@@ -4,6 +4,7 @@
 #ifndef PS_PHILOX_H
 #define PS_PHILOX_H
 
+#include <math.h>
 #include <stdint.h>
 
 #ifdef __CUDACC__
@@ -38,14 +39,31 @@ static inline PS_HOST_DEVICE void ps_philox4x32_block(uint32_t out[4], const uin
   out[3] = c3;
 }
 
-// Element j of a dropout/uniform stream (seed key, 64-bit stream id): word j % 4
-// of block j / 4, mapped to [0, 1) with 24 bits (exact in float), as ps_rng_uniform.
-static inline PS_HOST_DEVICE float ps_philox_uniform(const uint32_t key[2], uint64_t stream, uint64_t j) {
-  uint64_t blk = j >> 2;
+// Word `index` of a stream (seed key, 64-bit stream id): word index % 4 of block index / 4.
+static inline PS_HOST_DEVICE uint32_t ps_philox_u32(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  uint64_t blk = index >> 2;
   uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
   uint32_t w[4];
   ps_philox4x32_block(w, ctr, key);
-  return (float)(w[j & 3] >> 8) * (1.0f / 16777216.0f);
+  return w[index & 3];
+}
+
+// Element j of a dropout/uniform stream mapped to [0, 1) with 24 bits (exact in float), as ps_rng_uniform.
+static inline PS_HOST_DEVICE float ps_philox_uniform(const uint32_t key[2], uint64_t stream, uint64_t j) {
+  return (float)(ps_philox_u32(key, stream, j) >> 8) * (1.0f / 16777216.0f);
+}
+
+// Element `index` as a double in the open interval (0, 1) from 53 bits of words 2i, 2i+1.
+static inline PS_HOST_DEVICE double ps_philox_open_f64(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  uint64_t hi = ps_philox_u32(key, stream, 2 * index), lo = ps_philox_u32(key, stream, 2 * index + 1);
+  return ((double)(((hi << 32) | lo) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+// Standard normal number `index` (Box-Muller on open uniforms 2i, 2i+1): ps_rng_normal, and the
+// model's input noise on the device, so CPU and GPU draw the same noise.
+static inline PS_HOST_DEVICE double ps_philox_normal(const uint32_t key[2], uint64_t stream, uint64_t index) {
+  double u1 = ps_philox_open_f64(key, stream, 2 * index), u2 = ps_philox_open_f64(key, stream, 2 * index + 1);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
 #endif

@@ -28,28 +28,15 @@ ps_rng ps_rng_make(uint64_t seed, uint64_t stream) {
   return r;
 }
 
-uint32_t ps_rng_u32(const ps_rng *r, uint64_t index) {
-  uint64_t block = index >> 2;
-  uint32_t ctr[4] = {(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)r->stream, (uint32_t)(r->stream >> 32)};
-  uint32_t out[4];
-  ps_philox4x32(out, ctr, r->key);
-  return out[index & 3];
-}
+uint32_t ps_rng_u32(const ps_rng *r, uint64_t index) { return ps_philox_u32(r->key, r->stream, index); }
 
-float ps_rng_uniform(const ps_rng *r, uint64_t index) {
-  return (float)(ps_rng_u32(r, index) >> 8) * (1.0f / 16777216.0f);
-}
+float ps_rng_uniform(const ps_rng *r, uint64_t index) { return ps_philox_uniform(r->key, r->stream, index); }
 
 double ps_rng_uniform_open_f64(const ps_rng *r, uint64_t index) {
-  uint64_t hi = ps_rng_u32(r, 2 * index), lo = ps_rng_u32(r, 2 * index + 1);
-  uint64_t bits = ((hi << 32) | lo) >> 11;       // 53 bits
-  return ((double)bits + 0.5) * (1.0 / 9007199254740992.0); // (0, 1)
+  return ps_philox_open_f64(r->key, r->stream, index); // (0, 1), 53 bits
 }
 
-double ps_rng_normal(const ps_rng *r, uint64_t index) {
-  double u1 = ps_rng_uniform_open_f64(r, 2 * index), u2 = ps_rng_uniform_open_f64(r, 2 * index + 1);
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
+double ps_rng_normal(const ps_rng *r, uint64_t index) { return ps_philox_normal(r->key, r->stream, index); }
 
 uint64_t ps_rng_below(const ps_rng *r, uint64_t index, uint64_t n) {
   uint64_t x = ((uint64_t)ps_rng_u32(r, 2 * index) << 32) | ps_rng_u32(r, 2 * index + 1);

@@ -1,6 +1,6 @@
 // CUDA ops vs their CPU twins on the same seeded inputs, forward and backward:
 // normalized error ||gpu - cpu|| / ||cpu||. Tolerances sit next to each check.
-// Without a device (or without CUDA) every case but gpu_bind prints SKIP and passes.
+// Without a device (or without CUDA) every case but gpu_bind prints SKIP and exits 77 (CTest: skipped).
 #define _POSIX_C_SOURCE 200809L // setenv
 #include <stdlib.h>
 #include <string.h>
@@ -99,7 +99,7 @@ static int test_bind(void) {
 
 // ---- gpu_dense -------------------------------------------------------------------------
 static int test_dense(void) {
-  if (skip("gpu_dense")) return 0;
+  if (skip("gpu_dense")) return OT_SKIP;
   // GEMM, all transposes, bias, beta != 0 (accumulating into out).
   for (int t = 0; t < 4; t++) {
     bool ta = t & 1, tb = t & 2;
@@ -283,7 +283,7 @@ static int conv_case(const char *name, int64_t N, int64_t C, int64_t H, int64_t 
 }
 
 static int test_spatial(void) {
-  if (skip("gpu_spatial")) return 0;
+  if (skip("gpu_spatial")) return OT_SKIP;
   // Both CUDA convolution paths: cuDNN (when built with it) and the own im2col kernels.
   for (int path = 0; path < 2; path++) {
     if (path == 1) setenv("PANSURV_CONV", "im2col", 1);
@@ -334,7 +334,7 @@ static double max_rel(const double *a, const double *b, int n) {
 }
 
 static int test_batchnorm(void) {
-  if (skip("gpu_batchnorm")) return 0;
+  if (skip("gpu_batchnorm")) return OT_SKIP;
   enum { N = 4, C = 5, H = 6, W = 7 };
   ps_tensor x = OT_RAND(-2, 3, N, C, H, W), gm = OT_RAND(0.5, 1.5, C), bt = OT_RAND(-1, 1, C);
   ps_tensor y = OT_ZEROS(N, C, H, W), mu = OT_ZEROS(C), rs = OT_ZEROS(C), rm = OT_RAND(-1, 1, C),
@@ -378,7 +378,7 @@ static int test_batchnorm(void) {
 
 // ---- gpu_dropout: masks bit-identical to the CPU ------------------------------------------
 static int test_dropout(void) {
-  if (skip("gpu_dropout")) return 0;
+  if (skip("gpu_dropout")) return OT_SKIP;
   enum { R = 7, D = 1029 }; // D not a multiple of 4: partial Philox blocks
   ps_tensor x = OT_RAND(-1, 1, R, D), y = OT_ZEROS(R, D), m = ot_zeros(PS_U8, PS_SHAPE(R, D));
   ps_tensor g = OT_RAND(-1, 1, R, D), d = OT_RAND(-1, 1, R, D);
@@ -398,7 +398,7 @@ static int test_dropout(void) {
 
 // ---- gpu_optim: AdamW against nn's CPU formula -----------------------------------------------
 static int test_optim(void) {
-  if (skip("gpu_optim")) return 0;
+  if (skip("gpu_optim")) return OT_SKIP;
   enum { n = 4099 };
   ps_tensor p = OT_RAND(-1, 1, n), gr = OT_RAND(-1, 1, n), m = OT_RAND(-0.1, 0.1, n), v = OT_RAND(0, 0.01, n);
   ps_tensor dec = ot_zeros(PS_U8, PS_SHAPE(n));
@@ -444,7 +444,7 @@ static float bf16_f32(uint16_t h) {
 }
 
 static int test_bf16(void) {
-  if (skip("gpu_bf16")) return 0;
+  if (skip("gpu_bf16")) return OT_SKIP;
   enum { M = 33, N = 47, K = 129 };
   ps_tensor a = OT_RAND(-1, 1, M, K), b = OT_RAND(-1, 1, N, K), c = OT_ZEROS(M, N);
   ps_tensor ah = ot_zeros(PS_U8, PS_SHAPE(M * K * 2)), bh = ot_zeros(PS_U8, PS_SHAPE(N * K * 2));
@@ -483,7 +483,7 @@ static int test_bf16(void) {
 
 // ---- gpu_prefetch: pinned buffer, async copy on its own stream, event ordering ---------------
 static int test_prefetch(void) {
-  if (skip("gpu_prefetch")) return 0;
+  if (skip("gpu_prefetch")) return OT_SKIP;
   enum { n = 1 << 20 };
   float *pinned = NULL, *d = NULL;
   ps_cuda_stream st = NULL;

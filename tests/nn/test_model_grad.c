@@ -1,6 +1,7 @@
 // Whole-model finite-difference gradient check (tiles mode and features mode), with a batch where
 // patients miss omics, slides or clinical data and bags differ in size; plus the backward hook
-// order and the "no modality present" data error.
+// order and the "no modality present" data error. The tiles cases run again with the device-style
+// conv blocks (ps_model_set_device_block: the CUDA path's orchestration on the host executor).
 //
 // Tolerance: the model runs in float; the loss is accumulated in double and central differences
 // use h ~ 1e-2 on O(1) parameters, so truncation error is O(h^2 * f''') ~ 1e-4 and rounding
@@ -80,7 +81,7 @@ static double ps_optim_grad_norm_ref(const float *g, int64_t n) {
   return sqrt(s);
 }
 
-static int run(ps_slide_mode mode, int groups, uint64_t seed) {
+static int run(ps_slide_mode mode, int groups, uint64_t seed, bool device_block) {
   ps_model_config cfg;
   ps_model_config_default(&cfg);
   cfg.d = 8, cfg.genes = 10, cfg.ae_hidden = 8, cfg.ae_dropout = 0.25f, cfg.ae_input_noise = 0.1f;
@@ -91,6 +92,7 @@ static int run(ps_slide_mode mode, int groups, uint64_t seed) {
   cfg.cnn_norm_groups = groups;
   ps_model *m;
   TU_OK(ps_model_create(&m, &cfg));
+  ps_model_set_device_block(m, device_block); // the GPU's conv-block path, on the host executor
   TU_OK(ps_model_plan(m, B));
   const int64_t S = cfg.tile_size, tsz = mode == PS_SLIDE_TILES ? 3 * S * S : cfg.feat_dim;
   static float omics[B * 10], clin[B * 4], tiles[B * K * 3 * 8 * 8];
@@ -213,8 +215,11 @@ int main(void) {
              ps_nn_modality_name(mod), ps_error_message());
     ps_model_destroy(um);
   }
-  if (run(PS_SLIDE_TILES, 0, seed)) return 1;
-  if (run(PS_SLIDE_TILES, 2, seed + 2)) return 1; // GroupNorm in the tile CNN
-  if (run(PS_SLIDE_FEATURES, 0, seed + 1)) return 1;
+  if (run(PS_SLIDE_TILES, 0, seed, false)) return 1;
+  if (run(PS_SLIDE_TILES, 2, seed + 2, false)) return 1; // GroupNorm in the tile CNN
+  if (run(PS_SLIDE_FEATURES, 0, seed + 1, false)) return 1;
+  printf("device-style conv blocks (the CUDA path) on the host executor:\n");
+  if (run(PS_SLIDE_TILES, 0, seed + 3, true)) return 1;
+  if (run(PS_SLIDE_TILES, 2, seed + 4, true)) return 1;
   return ps_tu_finish("nn_model_grad");
 }

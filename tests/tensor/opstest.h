@@ -42,6 +42,9 @@ typedef struct {
   int (*fn)(void);
 } ot_case;
 // main(): runs the case named argv[1] (or all with no argument) and returns the verdict.
+// A case returns 0 (pass), OT_SKIP (cannot run here, e.g. no GPU) or anything else (fail).
+// ot_main exits OT_SKIP when every case it ran skipped (CTest: SKIP_RETURN_CODE 77).
+#define OT_SKIP 77
 int ot_main(int argc, char **argv, const ot_case *cases);
 
 #endif
