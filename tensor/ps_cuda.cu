@@ -114,20 +114,25 @@ extern "C" ps_status ps_cuda_set_tf32(bool enabled) {
   return PS_OK; // the handle picks the mode up on its next use
 }
 
-static thread_local void *tl_scratch = nullptr;
-static thread_local size_t tl_scratch_cap = 0;
+static thread_local void *tl_scratch[PS_CUDA_SCRATCH_COUNT];
+static thread_local size_t tl_scratch_cap[PS_CUDA_SCRATCH_COUNT];
 
-ps_status ps_cuda_scratch(size_t nbytes, void **p) {
-  if (nbytes > tl_scratch_cap) {
+ps_status ps_cuda_scratch_in(ps_cuda_scratch_slot slot, size_t nbytes, void **p) {
+  if ((unsigned)slot >= PS_CUDA_SCRATCH_COUNT) PS_FAIL(PS_ERR_ARG, "device scratch slot %d out of range", (int)slot);
+  if (nbytes > tl_scratch_cap[slot]) {
     size_t cap = nbytes < 4096 ? 4096 : nbytes + nbytes / 2;
-    if (tl_scratch) PS_CUDA_CHECK(cudaFree(tl_scratch)); // synchronizes: kernels using the old buffer are done
-    tl_scratch = nullptr;
-    tl_scratch_cap = 0;
-    PS_CUDA_CHECK(cudaMalloc(&tl_scratch, cap));
-    tl_scratch_cap = cap;
+    if (tl_scratch[slot]) PS_CUDA_CHECK(cudaFree(tl_scratch[slot])); // synchronizes: kernels using the old buffer are done
+    tl_scratch[slot] = nullptr;
+    tl_scratch_cap[slot] = 0;
+    PS_CUDA_CHECK(cudaMalloc(&tl_scratch[slot], cap));
+    tl_scratch_cap[slot] = cap;
   }
-  *p = tl_scratch;
+  *p = tl_scratch[slot];
   return PS_OK;
+}
+
+size_t ps_cuda_scratch_capacity(ps_cuda_scratch_slot slot) {
+  return (unsigned)slot < PS_CUDA_SCRATCH_COUNT ? tl_scratch_cap[slot] : 0;
 }
 
 // ---- device binding ---------------------------------------------------------------

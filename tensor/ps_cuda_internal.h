@@ -33,10 +33,18 @@ static inline unsigned ps_cuda_rows_grid(int64_t rows) {
 ps_status ps_cuda_blas_handle(cublasHandle_t *h);
 // Whether this thread's GEMMs/convolutions may use TF32 (ps_cuda_set_tf32).
 bool ps_cuda_tf32_enabled(void);
-// The calling thread's device scratch of at least nbytes (grows, never shrinks;
-// cudaMalloc only on growth, i.e. on the first steps). Valid until the next call
-// from this thread that needs more; ops use it on the default stream in order.
-ps_status ps_cuda_scratch(size_t nbytes, void **p);
+// The calling thread's device scratch buffers, one per slot, each of at least
+// nbytes (grows, never shrinks; cudaMalloc only on growth, i.e. on the first
+// steps). Valid until the next call for the same slot from this thread that
+// needs more; ops use them on the default stream in order. The BF16 slot holds
+// a GEMM's bf16 inputs, separate because an op holding the OPS slot (conv's
+// im2col) calls the GEMM.
+typedef enum { PS_CUDA_SCRATCH_OPS = 0, PS_CUDA_SCRATCH_BF16, PS_CUDA_SCRATCH_COUNT } ps_cuda_scratch_slot;
+ps_status ps_cuda_scratch_in(ps_cuda_scratch_slot slot, size_t nbytes, void **p);
+size_t ps_cuda_scratch_capacity(ps_cuda_scratch_slot slot);
+static inline ps_status ps_cuda_scratch(size_t nbytes, void **p) {
+  return ps_cuda_scratch_in(PS_CUDA_SCRATCH_OPS, nbytes, p);
+}
 
 // Block-wide sums/max (blockDim.x a multiple of 32, at most 1024); every
 // thread gets the result. sh: __shared__ scratch of 32 elements.

@@ -29,25 +29,11 @@ __global__ static void beta_scale_kernel(float *C, float beta, int64_t n) {
 }
 
 // bf16 copies of the two matrix inputs of a BF16-precision GEMM: A (M*K) then
-// B (K*N) at a 256-byte aligned offset. One buffer per thread that grows to the
-// largest GEMM seen and never shrinks: cudaMalloc happens only while new, larger
-// shapes appear (the first training step), never in a steady-state step.
-static thread_local void *tl_bf16 = nullptr;
-static thread_local size_t tl_bf16_cap = 0;
-
-extern "C" size_t ps_cuda_bf16_scratch_bytes(void) { return tl_bf16_cap; }
-
-static ps_status bf16_scratch(size_t nbytes, void **p) {
-  if (nbytes > tl_bf16_cap) {
-    if (tl_bf16) PS_CUDA_CHECK(cudaFree(tl_bf16)); // synchronizes: GEMMs reading the old copy are done
-    tl_bf16 = nullptr;
-    tl_bf16_cap = 0;
-    PS_CUDA_CHECK(cudaMalloc(&tl_bf16, nbytes));
-    tl_bf16_cap = nbytes;
-  }
-  *p = tl_bf16;
-  return PS_OK;
-}
+// B (K*N) at a 256-byte aligned offset, in the thread's BF16 scratch slot: it grows
+// to the largest GEMM seen and never shrinks, so cudaMalloc happens only while new,
+// larger shapes appear (the first training step), never in a steady-state step.
+extern "C" size_t ps_cuda_bf16_scratch_bytes(void) { return ps_cuda_scratch_capacity(PS_CUDA_SCRATCH_BF16); }
+static ps_status bf16_scratch(size_t nbytes, void **p) { return ps_cuda_scratch_in(PS_CUDA_SCRATCH_BF16, nbytes, p); }
 
 // C (fp32) = alpha op(A) op(B) + beta C with A and B rounded to bf16 (round to
 // nearest even) and fp32 accumulation (CUBLAS_COMPUTE_32F). Bias already applied.

@@ -5,48 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "opstest.h"
-#include "ps_cuda.h"
+#include "gpu_testutil.h"
 
 // fp32 kernels: same formulas, different summation order (cuBLAS blocking,
 // block-wide reductions) and FMA contraction: ~1e-7 per op; 1e-5 is the bar.
 #define TOL_F32 1e-5
-
-static int skip(const char *name) {
-  if (ps_cuda_device_count() > 0) return 0;
-  printf("SKIP %s: %s\n", name,
-         PANSURV_HAVE_CUDA ? "no CUDA device visible (no GPU or driver)" : "built without CUDA");
-  return 1;
-}
-
-// ---- device copies (test-only allocations, freed at the end of each case) -----------
-enum { MAX_DEV = 256 };
-static void *dev_ptrs[MAX_DEV];
-static int ndev_ptrs;
-
-static void dev_free_all(void) {
-  for (int i = 0; i < ndev_ptrs; i++) ps_cuda_free(dev_ptrs[i]);
-  ndev_ptrs = 0;
-}
-
-// A device tensor holding a copy of host tensor h (NULL -> NULL).
-static ps_tensor *dev(const ps_tensor *h) {
-  static ps_tensor pool[MAX_DEV];
-  if (!h) return NULL;
-  if (ndev_ptrs >= MAX_DEV) abort();
-  void *p = NULL;
-  size_t nb = ps_tensor_nbytes(h);
-  if (ps_cuda_malloc(&p, nb ? nb : 4) != PS_OK || (nb && ps_cuda_copy_h2d(p, h->data, nb) != PS_OK)) {
-    fprintf(stderr, "FAIL: device copy: %s\n", ps_error_message());
-    exit(1);
-  }
-  dev_ptrs[ndev_ptrs] = p;
-  ps_tensor *t = &pool[ndev_ptrs++];
-  *t = *h;
-  t->data = p;
-  t->device = PS_CUDA;
-  return t;
-}
 
 // ||gpu - cpu|| / ||cpu|| of a device tensor d against host h; fails above tol.
 static double cmp(const char *what, const ps_tensor *d, const ps_tensor *h, double tol) {
@@ -99,15 +62,15 @@ static int test_bind(void) {
 
 // ---- gpu_dense -------------------------------------------------------------------------
 static int test_dense(void) {
-  if (skip("gpu_dense")) return OT_SKIP;
+  if (gpu_skip("gpu_dense")) return OT_SKIP;
   // GEMM, all transposes, bias, beta != 0 (accumulating into out).
   for (int t = 0; t < 4; t++) {
     bool ta = t & 1, tb = t & 2;
     ps_tensor a = ta ? OT_RAND(-1, 1, 37, 29) : OT_RAND(-1, 1, 29, 37);
     ps_tensor b = tb ? OT_RAND(-1, 1, 23, 37) : OT_RAND(-1, 1, 37, 23);
     ps_tensor bias = OT_RAND(-1, 1, 23), out = OT_RAND(-1, 1, 29, 23);
-    ps_tensor *dout = dev(&out);
-    TU_OK(ps_gemm(dout, dev(&a), ta, dev(&b), tb, dev(&bias), 0.7f, 0.5f));
+    ps_tensor *dout = gpu_dev(&out);
+    TU_OK(ps_gemm(dout, gpu_dev(&a), ta, gpu_dev(&b), tb, gpu_dev(&bias), 0.7f, 0.5f));
     TU_OK(ps_gemm(&out, &a, ta, &b, tb, &bias, 0.7f, 0.5f));
     char name[32];
     snprintf(name, sizeof name, "gemm ta=%d tb=%d", ta, tb != 0);
@@ -117,10 +80,10 @@ static int test_dense(void) {
     ps_tensor in = OT_RAND(-1, 1, 3, 5, 13), w = OT_RAND(-1, 1, 11, 13), b = OT_RAND(-1, 1, 11);
     ps_tensor out = OT_ZEROS(3, 5, 11), g = OT_RAND(-1, 1, 3, 5, 11);
     ps_tensor din = OT_RAND(-1, 1, 3, 5, 13), dw = OT_RAND(-1, 1, 11, 13), db = OT_RAND(-1, 1, 11);
-    ps_tensor *Din = dev(&din), *Dw = dev(&dw), *Db = dev(&db), *Out = dev(&out);
-    ps_tensor *In = dev(&in), *W = dev(&w);
-    TU_OK(ps_linear_forward(Out, In, W, dev(&b)));
-    TU_OK(ps_linear_backward(Din, Dw, Db, dev(&g), In, W));
+    ps_tensor *Din = gpu_dev(&din), *Dw = gpu_dev(&dw), *Db = gpu_dev(&db), *Out = gpu_dev(&out);
+    ps_tensor *In = gpu_dev(&in), *W = gpu_dev(&w);
+    TU_OK(ps_linear_forward(Out, In, W, gpu_dev(&b)));
+    TU_OK(ps_linear_backward(Din, Dw, Db, gpu_dev(&g), In, W));
     TU_OK(ps_linear_forward(&out, &in, &w, &b));
     TU_OK(ps_linear_backward(&din, &dw, &db, &g, &in, &w));
     cmp("linear out", Out, &out, TOL_F32);
@@ -132,7 +95,7 @@ static int test_dense(void) {
     enum { n = 1031 };
     ps_tensor a = OT_RAND(-2, 2, n), b = OT_RAND(-2, 2, n), g = OT_RAND(-1, 1, n), o = OT_ZEROS(n);
     ps_tensor da = OT_RAND(-1, 1, n), db = OT_RAND(-1, 1, n);
-    ps_tensor *A = dev(&a), *B = dev(&b), *G = dev(&g), *O = dev(&o), *DA = dev(&da), *DB = dev(&db);
+    ps_tensor *A = gpu_dev(&a), *B = gpu_dev(&b), *G = gpu_dev(&g), *O = gpu_dev(&o), *DA = gpu_dev(&da), *DB = gpu_dev(&db);
     TU_OK(ps_add_forward(O, A, B));
     TU_OK(ps_add_forward(&o, &a, &b));
     cmp("add", O, &o, TOL_F32);
@@ -152,9 +115,9 @@ static int test_dense(void) {
     cmp("add/mul/scale bwd db", DB, &db, TOL_F32);
     ps_tensor x = OT_RAND(-2, 2, 7, 9), v = OT_RAND(-1, 1, 9), y = OT_ZEROS(7, 9), gy = OT_RAND(-1, 1, 7, 9);
     ps_tensor dx = OT_RAND(-1, 1, 7, 9), dv = OT_RAND(-1, 1, 9);
-    ps_tensor *Y = dev(&y), *DX = dev(&dx), *DV = dev(&dv);
-    TU_OK(ps_add_rowvec_forward(Y, dev(&x), dev(&v)));
-    TU_OK(ps_add_rowvec_backward(DX, DV, dev(&gy)));
+    ps_tensor *Y = gpu_dev(&y), *DX = gpu_dev(&dx), *DV = gpu_dev(&dv);
+    TU_OK(ps_add_rowvec_forward(Y, gpu_dev(&x), gpu_dev(&v)));
+    TU_OK(ps_add_rowvec_backward(DX, DV, gpu_dev(&gy)));
     TU_OK(ps_add_rowvec_forward(&y, &x, &v));
     TU_OK(ps_add_rowvec_backward(&dx, &dv, &gy));
     cmp("add_rowvec", Y, &y, TOL_F32);
@@ -164,7 +127,7 @@ static int test_dense(void) {
     for (int act = 0; act < PS_ACT_COUNT; act++) {
       ps_tensor out = OT_ZEROS(n), d1 = OT_RAND(-1, 1, n), d2 = OT_RAND(-1, 1, n);
       ot_away_from_zero(&a, 1e-3f); // relu's kink
-      ps_tensor *Ai = dev(&a), *Out = dev(&out), *D1 = dev(&d1), *D2 = dev(&d2);
+      ps_tensor *Ai = gpu_dev(&a), *Out = gpu_dev(&out), *D1 = gpu_dev(&d1), *D2 = gpu_dev(&d2);
       TU_OK(ps_act_forward(Out, Ai, (ps_activation)act));
       TU_OK(ps_act_forward(&out, &a, (ps_activation)act));
       TU_OK(ps_act_backward(D1, G, Ai, NULL, (ps_activation)act));
@@ -187,11 +150,11 @@ static int test_dense(void) {
     ps_tensor x = OT_RAND(-4, 4, R, L), y = OT_ZEROS(R, L), g = OT_RAND(-1, 1, R, L), d = OT_RAND(-1, 1, R, L);
     ps_tensor m = ot_zeros(PS_U8, PS_SHAPE(R, L)), l = OT_ZEROS(R), gl = OT_RAND(-1, 1, R), dl = OT_RAND(-1, 1, R, L);
     for (int64_t i = 0; i < R * L; i++) ps_u8(&m)[i] = (i / L != 2) && (i % 7 != 3);
-    ps_tensor *X = dev(&x), *M = dev(&m), *Y = dev(&y), *D = dev(&d), *Lg = dev(&l), *DL = dev(&dl);
+    ps_tensor *X = gpu_dev(&x), *M = gpu_dev(&m), *Y = gpu_dev(&y), *D = gpu_dev(&d), *Lg = gpu_dev(&l), *DL = gpu_dev(&dl);
     TU_OK(ps_softmax_forward(Y, X, M));
     TU_OK(ps_softmax_forward(&y, &x, &m));
     cmp("softmax masked", Y, &y, TOL_F32);
-    TU_OK(ps_softmax_backward(D, dev(&g), Y));
+    TU_OK(ps_softmax_backward(D, gpu_dev(&g), Y));
     TU_OK(ps_softmax_backward(&d, &g, &y));
     cmp("softmax backward", D, &d, TOL_F32);
     TU_OK(ps_logsumexp_forward(Lg, X, NULL));
@@ -209,7 +172,7 @@ static int test_dense(void) {
     double le = ps_tu_rel_err(lh, lc, R);
     printf("  %-28s rel err %.2e (tol %.0e)\n", "logsumexp masked", le, TOL_F32);
     TU_CHECK(le <= TOL_F32, "masked logsumexp: %.3e", le);
-    TU_OK(ps_logsumexp_backward(DL, dev(&gl), X, Lg, M));
+    TU_OK(ps_logsumexp_backward(DL, gpu_dev(&gl), X, Lg, M));
     TU_OK(ps_logsumexp_backward(&dl, &gl, &x, &l, &m));
     cmp("logsumexp masked bwd", DL, &dl, TOL_F32);
   }
@@ -221,9 +184,9 @@ static int test_dense(void) {
         for (int i = 0, k = 0; i < 3; i++)
           if (i != axis) os[k++] = shp[i];
         ps_tensor y = ot_zeros(PS_F32, 2, os), g = ot_uniform(-1, 1, 2, os), d = OT_RAND(-1, 1, 3, 5, 7);
-        ps_tensor *Y = dev(&y), *D = dev(&d);
-        TU_OK(ps_reduce_forward(Y, dev(&x), axis, (ps_reduce)op));
-        TU_OK(ps_reduce_backward(D, dev(&g), axis, (ps_reduce)op));
+        ps_tensor *Y = gpu_dev(&y), *D = gpu_dev(&d);
+        TU_OK(ps_reduce_forward(Y, gpu_dev(&x), axis, (ps_reduce)op));
+        TU_OK(ps_reduce_backward(D, gpu_dev(&g), axis, (ps_reduce)op));
         TU_OK(ps_reduce_forward(&y, &x, axis, (ps_reduce)op));
         TU_OK(ps_reduce_backward(&d, &g, axis, (ps_reduce)op));
         char name[48];
@@ -238,10 +201,10 @@ static int test_dense(void) {
     ps_tensor x = OT_RAND(-2, 2, N, D), gm = OT_RAND(0.5, 1.5, D), bt = OT_RAND(-1, 1, D), y = OT_ZEROS(N, D);
     ps_tensor mu = OT_ZEROS(N), rs = OT_ZEROS(N), g = OT_RAND(-1, 1, N, D);
     ps_tensor dx = OT_RAND(-1, 1, N, D), dg = OT_RAND(-1, 1, D), db = OT_RAND(-1, 1, D);
-    ps_tensor *X = dev(&x), *GM = dev(&gm), *Y = dev(&y), *MU = dev(&mu), *RS = dev(&rs);
-    ps_tensor *DX = dev(&dx), *DG = dev(&dg), *DB = dev(&db);
-    TU_OK(ps_layernorm_forward(Y, MU, RS, X, GM, dev(&bt), 1e-5f));
-    TU_OK(ps_layernorm_backward(DX, DG, DB, dev(&g), X, MU, RS, GM));
+    ps_tensor *X = gpu_dev(&x), *GM = gpu_dev(&gm), *Y = gpu_dev(&y), *MU = gpu_dev(&mu), *RS = gpu_dev(&rs);
+    ps_tensor *DX = gpu_dev(&dx), *DG = gpu_dev(&dg), *DB = gpu_dev(&db);
+    TU_OK(ps_layernorm_forward(Y, MU, RS, X, GM, gpu_dev(&bt), 1e-5f));
+    TU_OK(ps_layernorm_backward(DX, DG, DB, gpu_dev(&g), X, MU, RS, GM));
     TU_OK(ps_layernorm_forward(&y, &mu, &rs, &x, &gm, &bt, 1e-5f));
     TU_OK(ps_layernorm_backward(&dx, &dg, &db, &g, &x, &mu, &rs, &gm));
     cmp("layernorm out", Y, &y, TOL_F32);
@@ -250,7 +213,7 @@ static int test_dense(void) {
     cmp("layernorm dgamma", DG, &dg, TOL_F32);
     cmp("layernorm dbeta", DB, &db, TOL_F32);
   }
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
@@ -261,13 +224,13 @@ static int conv_case(const char *name, int64_t N, int64_t C, int64_t H, int64_t 
   int64_t OH = (H + 2 * p.pad_h - K) / p.stride_h + 1, OW = (W + 2 * p.pad_w - K) / p.stride_w + 1;
   ps_tensor out = OT_ZEROS(N, OC, OH, OW), g = OT_RAND(-1, 1, N, OC, OH, OW);
   ps_tensor din = OT_RAND(-1, 1, N, C, H, W), dw = OT_RAND(-1, 1, OC, C, K, K), db = OT_RAND(-1, 1, OC);
-  ps_tensor *In = dev(&in), *Wt = dev(&w), *Out = dev(&out), *Din = dev(&din), *Dw = dev(&dw), *Db = dev(&db);
+  ps_tensor *In = gpu_dev(&in), *Wt = gpu_dev(&w), *Out = gpu_dev(&out), *Din = gpu_dev(&din), *Dw = gpu_dev(&dw), *Db = gpu_dev(&db);
   int64_t wc = ps_conv2d_workspace_floats(&in, &w, &p), wg = ps_conv2d_workspace_floats(In, Wt, &p);
   TU_CHECK(wc > 0 && wg > 0, "workspace sizes %lld / %lld", (long long)wc, (long long)wg);
   ps_tensor ws = OT_ZEROS(wc), wsg = OT_ZEROS(wg);
-  ps_tensor *Wsg = dev(&wsg);
-  TU_OK(ps_conv2d_forward(Out, In, Wt, dev(&b), &p, Wsg));
-  TU_OK(ps_conv2d_backward(Din, Dw, Db, dev(&g), In, Wt, &p, Wsg));
+  ps_tensor *Wsg = gpu_dev(&wsg);
+  TU_OK(ps_conv2d_forward(Out, In, Wt, gpu_dev(&b), &p, Wsg));
+  TU_OK(ps_conv2d_backward(Din, Dw, Db, gpu_dev(&g), In, Wt, &p, Wsg));
   TU_OK(ps_conv2d_forward(&out, &in, &w, &b, &p, &ws));
   TU_OK(ps_conv2d_backward(&din, &dw, &db, &g, &in, &w, &p, &ws));
   char s[64];
@@ -283,7 +246,7 @@ static int conv_case(const char *name, int64_t N, int64_t C, int64_t H, int64_t 
 }
 
 static int test_spatial(void) {
-  if (skip("gpu_spatial")) return OT_SKIP;
+  if (gpu_skip("gpu_spatial")) return OT_SKIP;
   // Both CUDA convolution paths: cuDNN (when built with it) and the own im2col kernels.
   for (int path = 0; path < 2; path++) {
     if (path == 1) setenv("PANSURV_CONV", "im2col", 1);
@@ -301,9 +264,9 @@ static int test_spatial(void) {
     ps_tensor x = OT_RAND(-1, 1, N, C, H, W), y = OT_ZEROS(N, C, OH, OW);
     ps_tensor am = ot_zeros(PS_I32, PS_SHAPE(N, C, OH, OW)), g = OT_RAND(-1, 1, N, C, OH, OW);
     ps_tensor d = OT_RAND(-1, 1, N, C, H, W);
-    ps_tensor *Y = dev(&y), *AM = dev(&am), *D = dev(&d);
-    TU_OK(ps_maxpool2d_forward(Y, AM, dev(&x), k, s));
-    TU_OK(ps_maxpool2d_backward(D, dev(&g), AM));
+    ps_tensor *Y = gpu_dev(&y), *AM = gpu_dev(&am), *D = gpu_dev(&d);
+    TU_OK(ps_maxpool2d_forward(Y, AM, gpu_dev(&x), k, s));
+    TU_OK(ps_maxpool2d_backward(D, gpu_dev(&g), AM));
     TU_OK(ps_maxpool2d_forward(&y, &am, &x, k, s));
     TU_OK(ps_maxpool2d_backward(&d, &g, &am));
     same_bytes(c ? "maxpool k3 s2 out" : "maxpool k2 s2 out", Y, &y);
@@ -312,14 +275,14 @@ static int test_spatial(void) {
   }
   ps_tensor x = OT_RAND(-1, 1, 3, 4, 17, 19), y = OT_ZEROS(3, 4), g = OT_RAND(-1, 1, 3, 4);
   ps_tensor d = OT_RAND(-1, 1, 3, 4, 17, 19);
-  ps_tensor *Y = dev(&y), *D = dev(&d);
-  TU_OK(ps_global_avgpool_forward(Y, dev(&x)));
-  TU_OK(ps_global_avgpool_backward(D, dev(&g)));
+  ps_tensor *Y = gpu_dev(&y), *D = gpu_dev(&d);
+  TU_OK(ps_global_avgpool_forward(Y, gpu_dev(&x)));
+  TU_OK(ps_global_avgpool_backward(D, gpu_dev(&g)));
   TU_OK(ps_global_avgpool_forward(&y, &x));
   TU_OK(ps_global_avgpool_backward(&d, &g));
   cmp("avgpool", Y, &y, TOL_F32);
   cmp("avgpool backward", D, &d, TOL_F32);
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
@@ -334,13 +297,13 @@ static double max_rel(const double *a, const double *b, int n) {
 }
 
 static int test_batchnorm(void) {
-  if (skip("gpu_batchnorm")) return OT_SKIP;
+  if (gpu_skip("gpu_batchnorm")) return OT_SKIP;
   enum { N = 4, C = 5, H = 6, W = 7 };
   ps_tensor x = OT_RAND(-2, 3, N, C, H, W), gm = OT_RAND(0.5, 1.5, C), bt = OT_RAND(-1, 1, C);
   ps_tensor y = OT_ZEROS(N, C, H, W), mu = OT_ZEROS(C), rs = OT_ZEROS(C), rm = OT_RAND(-1, 1, C),
             rv = OT_RAND(0.5, 2, C);
-  ps_tensor *X = dev(&x), *GM = dev(&gm), *BT = dev(&bt), *Y = dev(&y), *MU = dev(&mu), *RS = dev(&rs),
-            *RM = dev(&rm), *RV = dev(&rv);
+  ps_tensor *X = gpu_dev(&x), *GM = gpu_dev(&gm), *BT = gpu_dev(&bt), *Y = gpu_dev(&y), *MU = gpu_dev(&mu), *RS = gpu_dev(&rs),
+            *RM = gpu_dev(&rm), *RV = gpu_dev(&rv);
   double s[C], q[C], sg[C], qg[C];
   int64_t cnt = 0, cntg = 0;
   TU_OK(ps_batchnorm_stats(sg, qg, &cntg, X));
@@ -361,7 +324,7 @@ static int test_batchnorm(void) {
   cmp("bn eval out", Y, &y, TOL_F32);
   ps_tensor g = OT_RAND(-1, 1, N, C, H, W), dx = OT_RAND(-1, 1, N, C, H, W), dg = OT_RAND(-1, 1, C),
             db = OT_RAND(-1, 1, C);
-  ps_tensor *G = dev(&g), *DX = dev(&dx), *DG = dev(&dg), *DB = dev(&db);
+  ps_tensor *G = gpu_dev(&g), *DX = gpu_dev(&dx), *DG = gpu_dev(&dg), *DB = gpu_dev(&db);
   double a[C], b2[C], ag[C], bg[C];
   TU_OK(ps_batchnorm_backward_reduce(ag, bg, G, X, MU, RS));
   TU_OK(ps_batchnorm_backward_reduce(a, b2, &g, &x, &mu, &rs));
@@ -372,38 +335,38 @@ static int test_batchnorm(void) {
   cmp("bn din", DX, &dx, TOL_F32);
   cmp("bn dgamma", DG, &dg, TOL_F32);
   cmp("bn dbeta", DB, &db, TOL_F32);
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
 // ---- gpu_dropout: masks bit-identical to the CPU ------------------------------------------
 static int test_dropout(void) {
-  if (skip("gpu_dropout")) return OT_SKIP;
+  if (gpu_skip("gpu_dropout")) return OT_SKIP;
   enum { R = 7, D = 1029 }; // D not a multiple of 4: partial Philox blocks
   ps_tensor x = OT_RAND(-1, 1, R, D), y = OT_ZEROS(R, D), m = ot_zeros(PS_U8, PS_SHAPE(R, D));
   ps_tensor g = OT_RAND(-1, 1, R, D), d = OT_RAND(-1, 1, R, D);
   uint64_t streams[R];
   for (int r = 0; r < R; r++) streams[r] = ps_rng_stream(PS_RNG_DROPOUT, 17, (uint64_t)r * 1000003u, 2);
-  ps_tensor *Y = dev(&y), *M = dev(&m), *D_ = dev(&d);
-  TU_OK(ps_dropout_forward(Y, M, dev(&x), 0.3f, ot_seed, streams));
-  TU_OK(ps_dropout_backward(D_, dev(&g), M, 0.3f));
+  ps_tensor *Y = gpu_dev(&y), *M = gpu_dev(&m), *D_ = gpu_dev(&d);
+  TU_OK(ps_dropout_forward(Y, M, gpu_dev(&x), 0.3f, ot_seed, streams));
+  TU_OK(ps_dropout_backward(D_, gpu_dev(&g), M, 0.3f));
   TU_OK(ps_dropout_forward(&y, &m, &x, 0.3f, ot_seed, streams));
   TU_OK(ps_dropout_backward(&d, &g, &m, 0.3f));
   same_bytes("dropout mask", M, &m);
   same_bytes("dropout out", Y, &y); // x * (1/(1-p)): one IEEE multiply on both sides
   cmp("dropout backward", D_, &d, TOL_F32);
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
 // ---- gpu_optim: AdamW against nn's CPU formula -----------------------------------------------
 static int test_optim(void) {
-  if (skip("gpu_optim")) return OT_SKIP;
+  if (gpu_skip("gpu_optim")) return OT_SKIP;
   enum { n = 4099 };
   ps_tensor p = OT_RAND(-1, 1, n), gr = OT_RAND(-1, 1, n), m = OT_RAND(-0.1, 0.1, n), v = OT_RAND(0, 0.01, n);
   ps_tensor dec = ot_zeros(PS_U8, PS_SHAPE(n));
   for (int i = 0; i < n; i++) ps_u8(&dec)[i] = i % 3 != 0;
-  ps_tensor *P = dev(&p), *M = dev(&m), *V = dev(&v), *G = dev(&gr), *DEC = dev(&dec);
+  ps_tensor *P = gpu_dev(&p), *M = gpu_dev(&m), *V = gpu_dev(&v), *G = gpu_dev(&gr), *DEC = gpu_dev(&dec);
   const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 1e-2f;
   for (int step = 1; step <= 3; step++) {
     float bc1 = (float)(1.0 - pow(b1, step)), bc2 = (float)(1.0 - pow(b2, step));
@@ -425,7 +388,7 @@ static int test_optim(void) {
   TU_OK(ps_cuda_sumsq(&ss, ps_f32(G), n));
   for (int i = 0; i < n; i++) ref += (double)ps_f32(&gr)[i] * ps_f32(&gr)[i];
   TU_CHECK(fabs(ss - ref) <= 1e-12 * ref, "sumsq %.17g vs %.17g", ss, ref);
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
@@ -444,14 +407,14 @@ static float bf16_f32(uint16_t h) {
 }
 
 static int test_bf16(void) {
-  if (skip("gpu_bf16")) return OT_SKIP;
+  if (gpu_skip("gpu_bf16")) return OT_SKIP;
   enum { M = 33, N = 47, K = 129 };
   ps_tensor a = OT_RAND(-1, 1, M, K), b = OT_RAND(-1, 1, N, K), c = OT_ZEROS(M, N);
   ps_tensor ah = ot_zeros(PS_U8, PS_SHAPE(M * K * 2)), bh = ot_zeros(PS_U8, PS_SHAPE(N * K * 2));
   uint16_t *ar = (uint16_t *)ah.data, *br = (uint16_t *)bh.data;
   for (int i = 0; i < M * K; i++) ar[i] = bf16_rne(ps_f32(&a)[i]);
   for (int i = 0; i < N * K; i++) br[i] = bf16_rne(ps_f32(&b)[i]);
-  ps_tensor *A = dev(&a), *B = dev(&b), *Cc = dev(&c), *AH = dev(&ah), *BH = dev(&bh);
+  ps_tensor *A = gpu_dev(&a), *B = gpu_dev(&b), *Cc = gpu_dev(&c), *AH = gpu_dev(&ah), *BH = gpu_dev(&bh);
   ps_tensor ahd = ah, bhd = bh;
   TU_OK(ps_cuda_f32_to_bf16((uint16_t *)AH->data, ps_f32(A), M * K));
   TU_OK(ps_cuda_f32_to_bf16((uint16_t *)BH->data, ps_f32(B), N * K));
@@ -474,16 +437,16 @@ static int test_bf16(void) {
   cmp("bf16 gemm vs fp32 gemm", Cc, &full, 1e-2);
   ps_tensor back = OT_ZEROS(M * K), backref = OT_ZEROS(M * K);
   for (int i = 0; i < M * K; i++) ps_f32(&backref)[i] = bf16_f32(ar[i]);
-  ps_tensor *Back = dev(&back);
+  ps_tensor *Back = gpu_dev(&back);
   TU_OK(ps_cuda_bf16_to_f32(ps_f32(Back), (uint16_t *)AH->data, M * K));
   same_bytes("bf16->f32 exact", Back, &backref);
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
 // ---- gpu_prefetch: pinned buffer, async copy on its own stream, event ordering ---------------
 static int test_prefetch(void) {
-  if (skip("gpu_prefetch")) return OT_SKIP;
+  if (gpu_skip("gpu_prefetch")) return OT_SKIP;
   enum { n = 1 << 20 };
   float *pinned = NULL, *d = NULL;
   ps_cuda_stream st = NULL;
@@ -546,11 +509,11 @@ static int test_errors(void) {
     s = ps_conv2d_forward(&(ps_tensor){0}, &in, &w, NULL, &cp, &ws); // NULL-data out: refused on the CPU side
     TU_CHECK(s == PS_ERR_ARG, "conv with an empty out: %s", ps_status_name(s));
     setenv("PANSURV_CONV", "im2col", 1); // cuDNN's chosen algorithm may need no workspace at all
-    s = ps_conv2d_forward(dev(&out), dev(&in), dev(&w), NULL, &cp, dev(&ws));
+    s = ps_conv2d_forward(gpu_dev(&out), gpu_dev(&in), gpu_dev(&w), NULL, &cp, gpu_dev(&ws));
     unsetenv("PANSURV_CONV");
     TU_CHECK(s == PS_ERR_ARG, "im2col conv with a 1-float workspace: %s", ps_status_name(s));
     TU_CHECK(strstr(ps_error_message(), "workspace") != NULL, "message: %s", ps_error_message());
-    dev_free_all();
+    gpu_dev_free_all();
   }
   printf("  bad inputs refused with clear messages\n");
   return 0;

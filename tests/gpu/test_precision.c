@@ -10,8 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "opstest.h"
-#include "ps_cuda.h"
+#include "gpu_testutil.h"
 
 // bf16 keeps 8 significant bits: rounding an input costs at most 2^-9 relative
 // (u = 2^-9 ~ 2e-3, RMS ~ u/sqrt(3)). A product of two rounded inputs carries
@@ -27,12 +26,6 @@
 // summation order does (~1e-7): below this the bf16 path did not run.
 #define MIN_BF16_EFFECT 1e-4
 
-static int no_gpu(const char *name) {
-  if (ps_cuda_device_count() > 0) return 0;
-  printf("SKIP %s: %s\n", name,
-         PANSURV_HAVE_CUDA ? "no CUDA device visible (no GPU or driver)" : "built without CUDA");
-  return 1;
-}
 
 // ---- gpu_precision: the setter, host side ------------------------------------------------
 static int test_precision(void) {
@@ -73,31 +66,6 @@ static int test_precision(void) {
 }
 
 // ---- gpu_bf16_ops ----------------------------------------------------------------------------
-enum { MAX_DEV = 64 };
-static void *dptr[MAX_DEV];
-static ps_tensor dten[MAX_DEV];
-static int nd;
-
-static ps_tensor *dev(const ps_tensor *h) {
-  if (!h) return NULL;
-  if (nd >= MAX_DEV) abort();
-  void *p = NULL;
-  size_t nb = ps_tensor_nbytes(h);
-  if (ps_cuda_malloc(&p, nb ? nb : 4) != PS_OK || (nb && ps_cuda_copy_h2d(p, h->data, nb) != PS_OK)) {
-    fprintf(stderr, "FAIL: device copy: %s\n", ps_error_message());
-    exit(1);
-  }
-  dptr[nd] = p;
-  dten[nd] = *h;
-  dten[nd].data = p;
-  dten[nd].device = PS_CUDA;
-  return &dten[nd++];
-}
-
-static void dev_free_all(void) {
-  for (int i = 0; i < nd; i++) ps_cuda_free(dptr[i]);
-  nd = 0;
-}
 
 // Normalized error of device tensor d against host h; fails above tol (and below lo when lo > 0).
 static double cmp(const char *what, const ps_tensor *d, const ps_tensor *h, double tol, double lo) {
@@ -114,7 +82,7 @@ static double cmp(const char *what, const ps_tensor *d, const ps_tensor *h, doub
 }
 
 static int test_bf16_ops(void) {
-  if (no_gpu("gpu_bf16_ops")) return OT_SKIP;
+  if (gpu_skip("gpu_bf16_ops")) return OT_SKIP;
   TU_OK(ps_ops_set_matmul_precision(PS_MATMUL_BF16));
   // GEMM, all four transpose combinations, with bias and beta.
   enum { M = 37, N = 53, K = 300 };
@@ -123,8 +91,8 @@ static int test_bf16_ops(void) {
     ps_tensor a = ta ? OT_RAND(-1, 1, K, M) : OT_RAND(-1, 1, M, K);
     ps_tensor b = tb ? OT_RAND(-1, 1, N, K) : OT_RAND(-1, 1, K, N);
     ps_tensor bias = OT_RAND(-1, 1, N), c = OT_RAND(-1, 1, M, N);
-    ps_tensor *C = dev(&c);
-    TU_OK(ps_gemm(C, dev(&a), ta, dev(&b), tb, dev(&bias), 1.5f, 0.5f));
+    ps_tensor *C = gpu_dev(&c);
+    TU_OK(ps_gemm(C, gpu_dev(&a), ta, gpu_dev(&b), tb, gpu_dev(&bias), 1.5f, 0.5f));
     TU_OK(ps_gemm(&c, &a, ta, &b, tb, &bias, 1.5f, 0.5f));
     char what[64];
     snprintf(what, sizeof what, "bf16 gemm ta=%d tb=%d", ta, tb != 0);
@@ -135,7 +103,7 @@ static int test_bf16_ops(void) {
   TU_CHECK(cap >= (size_t)(M * K + K * N) * 2, "bf16 scratch %zu bytes < the inputs of one GEMM", cap);
   {
     ps_tensor a = OT_RAND(-1, 1, M, K), b = OT_RAND(-1, 1, K, N), c = OT_ZEROS(M, N);
-    ps_tensor *A = dev(&a), *B = dev(&b), *C = dev(&c);
+    ps_tensor *A = gpu_dev(&a), *B = gpu_dev(&b), *C = gpu_dev(&c);
     for (int r = 0; r < 3; r++) TU_OK(ps_gemm(C, A, false, B, false, NULL, 1.0f, 0.0f));
     TU_CHECK(ps_cuda_bf16_scratch_bytes() == cap, "bf16 scratch grew on a repeated shape (%zu -> %zu)", cap,
              ps_cuda_bf16_scratch_bytes());
@@ -146,9 +114,9 @@ static int test_bf16_ops(void) {
     ps_tensor x = OT_RAND(-1, 1, R, DI), w = OT_RAND(-1, 1, DO, DI), b = OT_RAND(-1, 1, DO);
     ps_tensor y = OT_ZEROS(R, DO), g = OT_RAND(-1, 1, R, DO);
     ps_tensor dx = OT_RAND(-1, 1, R, DI), dw = OT_RAND(-1, 1, DO, DI), db = OT_RAND(-1, 1, DO);
-    ps_tensor *X = dev(&x), *Wt = dev(&w), *Y = dev(&y), *DX = dev(&dx), *DW = dev(&dw), *DB = dev(&db);
-    TU_OK(ps_linear_forward(Y, X, Wt, dev(&b)));
-    TU_OK(ps_linear_backward(DX, DW, DB, dev(&g), X, Wt));
+    ps_tensor *X = gpu_dev(&x), *Wt = gpu_dev(&w), *Y = gpu_dev(&y), *DX = gpu_dev(&dx), *DW = gpu_dev(&dw), *DB = gpu_dev(&db);
+    TU_OK(ps_linear_forward(Y, X, Wt, gpu_dev(&b)));
+    TU_OK(ps_linear_backward(DX, DW, DB, gpu_dev(&g), X, Wt));
     TU_OK(ps_linear_forward(&y, &x, &w, &b));
     TU_OK(ps_linear_backward(&dx, &dw, &db, &g, &x, &w));
     cmp("bf16 linear out", Y, &y, TOL_BF16, MIN_BF16_EFFECT);
@@ -164,12 +132,12 @@ static int test_bf16_ops(void) {
     ps_tensor in = OT_RAND(-1, 1, CN, CC, CH, CW), w = OT_RAND(-1, 1, OC, CC, KK, KK), b = OT_RAND(-1, 1, OC);
     ps_tensor out = OT_ZEROS(CN, OC, CH, CW), g = OT_RAND(-1, 1, CN, OC, CH, CW);
     ps_tensor din = OT_RAND(-1, 1, CN, CC, CH, CW), dw = OT_RAND(-1, 1, OC, CC, KK, KK), db = OT_RAND(-1, 1, OC);
-    ps_tensor *In = dev(&in), *Wt = dev(&w), *Out = dev(&out), *Din = dev(&din), *Dw = dev(&dw), *Db = dev(&db);
+    ps_tensor *In = gpu_dev(&in), *Wt = gpu_dev(&w), *Out = gpu_dev(&out), *Din = gpu_dev(&din), *Dw = gpu_dev(&dw), *Db = gpu_dev(&db);
     int64_t wc = ps_conv2d_workspace_floats(&in, &w, &p), wg = ps_conv2d_workspace_floats(In, Wt, &p);
     ps_tensor ws = OT_ZEROS(wc), wsg = OT_ZEROS(wg);
-    ps_tensor *Wsg = dev(&wsg);
-    TU_OK(ps_conv2d_forward(Out, In, Wt, dev(&b), &p, Wsg));
-    TU_OK(ps_conv2d_backward(Din, Dw, Db, dev(&g), In, Wt, &p, Wsg));
+    ps_tensor *Wsg = gpu_dev(&wsg);
+    TU_OK(ps_conv2d_forward(Out, In, Wt, gpu_dev(&b), &p, Wsg));
+    TU_OK(ps_conv2d_backward(Din, Dw, Db, gpu_dev(&g), In, Wt, &p, Wsg));
     TU_OK(ps_conv2d_forward(&out, &in, &w, &b, &p, &ws));
     TU_OK(ps_conv2d_backward(&din, &dw, &db, &g, &in, &w, &p, &ws));
     const char *name = path ? "im2col" : (PANSURV_HAVE_CUDNN ? "cudnn" : "im2col");
@@ -188,12 +156,12 @@ static int test_bf16_ops(void) {
   TU_OK(ps_ops_set_matmul_precision(PS_MATMUL_FP32));
   {
     ps_tensor a = OT_RAND(-1, 1, M, K), b = OT_RAND(-1, 1, K, N), c = OT_ZEROS(M, N);
-    ps_tensor *C = dev(&c);
-    TU_OK(ps_gemm(C, dev(&a), false, dev(&b), false, NULL, 1.0f, 0.0f));
+    ps_tensor *C = gpu_dev(&c);
+    TU_OK(ps_gemm(C, gpu_dev(&a), false, gpu_dev(&b), false, NULL, 1.0f, 0.0f));
     TU_OK(ps_gemm(&c, &a, false, &b, false, NULL, 1.0f, 0.0f));
     cmp("fp32 gemm after bf16", C, &c, 1e-5, 0);
   }
-  dev_free_all();
+  gpu_dev_free_all();
   return 0;
 }
 
