@@ -22,15 +22,13 @@ static void path_join(char *out, size_t n, const char *dir, const char *name) {
   if (r < 0 || (size_t)r >= n) out[n - 1] = '\0';
 }
 
-static double now_s(void) {
+double ps_train_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Agreement after a step that can fail on some ranks: every rank gets the
-// worst status; ranks that were fine get a message pointing at the others.
-static ps_status agree(ps_comm *c, ps_status local) {
+ps_status ps_train_agree(ps_comm *c, ps_status local) {
   ps_status global = PS_OK;
   ps_status s = ps_comm_agree(c, local, &global);
   if (s != PS_OK) return s;
@@ -39,6 +37,7 @@ static ps_status agree(ps_comm *c, ps_status local) {
                         ps_status_name(global));
   return global;
 }
+
 
 static ps_status bcast_string(ps_comm *c, char *buf, size_t len) {
   return ps_comm_broadcast(c, buf, (int64_t)len, PS_U8, 0);
@@ -141,13 +140,13 @@ static ps_status verify_ckpt(const char *path, void *vctx) {
 static ps_status save_step_ckpt(ps_comm *c, const char *dir, int keep, save_ctx *sc, int64_t step, char *written) {
   ps_status s = PS_OK;
   if (ps_comm_rank(c) == 0) s = ps_ckpt_save_step(dir, step, keep, write_ckpt, sc, written);
-  return agree(c, s);
+  return ps_train_agree(c, s);
 }
 
 static ps_status save_named_ckpt(ps_comm *c, const char *dir, const char *name, save_ctx *sc) {
   ps_status s = PS_OK;
   if (ps_comm_rank(c) == 0) s = ps_ckpt_write_atomic(dir, name, write_ckpt, sc);
-  return agree(c, s);
+  return ps_train_agree(c, s);
 }
 
 static void note_stderr(const char *msg, void *ctx) {
@@ -180,7 +179,7 @@ static ps_status choose_resume(ps_comm *c, const char *resume, const char *ckpt_
       }
     }
   }
-  PS_TRY(agree(c, s));
+  PS_TRY(ps_train_agree(c, s));
   PS_TRY(ps_comm_broadcast(c, &f, 1, PS_I32, 0));
   PS_TRY(bcast_string(c, path, PATH_MAX_));
   *found = f;
@@ -274,7 +273,7 @@ static void progress(FILE *out, int tty, const ps_train_state *ts, int64_t total
 ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workload_ops *ops,
                        const ps_train_options *opt) {
   const int rank = ps_comm_rank(c);
-  const double t0 = now_s();
+  const double t0 = ps_train_now_s();
   ps_signal_install();
 
   char run_dir[PATH_MAX_], ckpt_dir[PATH_MAX_];
@@ -305,7 +304,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
       fflush(stdout);
     }
   }
-  if ((s = agree(c, s)) != PS_OK) {
+  if ((s = ps_train_agree(c, s)) != PS_OK) {
     free(config_text);
     return s;
   }
@@ -319,7 +318,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
     int found = 0;
     s = choose_resume(c, opt->resume, ckpt_dir, &sc, path, &found);
     if (s == PS_OK && found) {
-      s = agree(c, ops->load(w, &ts, path));
+      s = ps_train_agree(c, ops->load(w, &ts, path));
       if (s == PS_OK && rank == 0 && !opt->quiet) {
         printf("pansurv train: resumed from %s at step %lld (epoch %lld)\n", path, (long long)ts.step,
                (long long)ts.epoch);
@@ -342,7 +341,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
     path_join(p, sizeof p, run_dir, "metrics.csv");
     s = metrics_open(&metrics, p, ts.step);
   }
-  if ((s = agree(c, s)) != PS_OK) {
+  if ((s = ps_train_agree(c, s)) != PS_OK) {
     if (metrics) fclose(metrics);
     free(config_text);
     return s;
@@ -359,7 +358,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
   const char *stopped = "completed";
   int64_t last_saved = ts.step, patients = 0;
   const int64_t start_step = ts.step;
-  const double t_loop = now_s();
+  const double t_loop = ps_train_now_s();
   while (ts.step < total) {
     s = ops->step(w, &ts, &st);
     if (s != PS_OK) break; // the workload agrees on its own status
@@ -374,7 +373,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
     }
     if (rank == 0) {
       metrics_row(metrics, &ts, &st, val_c);
-      double el = now_s() - t_loop;
+      double el = ps_train_now_s() - t_loop;
       double rate = el > 0 ? (double)patients / el : 0;
       double eta = (ts.step > start_step) ? el / (double)(ts.step - start_step) * (double)(total - ts.step) : NAN;
       if (!opt->quiet) progress(stdout, tty, &ts, total, &st, rate, eta, cfg->log.every_steps);
@@ -415,7 +414,7 @@ ps_status ps_train_run(const ps_config *cfg, ps_comm *c, void *w, const ps_workl
   if (metrics) fclose(metrics);
   uint32_t crc = ops->param_crc(w);
   if (s == PS_OK && rank == 0) {
-    write_summary(run_dir, cfg, c, &ts, &st, stopped, now_s() - t0, crc, ops->name, patients);
+    write_summary(run_dir, cfg, c, &ts, &st, stopped, ps_train_now_s() - t0, crc, ops->name, patients);
     write_model_card(run_dir, cfg, c, &ts, ops->name, w, ops);
     if (!opt->quiet) {
       printf("pansurv train: %s at step %lld; param crc32 %08x; outputs in %s\n", stopped, (long long)ts.step, crc,

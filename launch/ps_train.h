@@ -65,6 +65,12 @@ ps_status ps_toy_create(void **out, const ps_workload_ops **ops, const ps_config
 ps_status ps_train_run(const ps_config *cfg, ps_comm *comm, void *w, const ps_workload_ops *ops,
                        const ps_train_options *opt);
 
+// Agreement after a step that can fail on some ranks (collective): every rank gets the
+// worst status; ranks that were fine get a message pointing at the others.
+ps_status ps_train_agree(ps_comm *c, ps_status local);
+// Monotonic wall clock in seconds (step timers).
+double ps_train_now_s(void);
+
 // Run directory: log.run_dir/NAME with NAME = log.name, else job-$SLURM_JOB_ID
 // (array: job-<array job>_<task>), else run-<UTC time> (rank 0 picks, broadcast).
 ps_status ps_run_dir(const ps_config *cfg, ps_comm *comm, char *out, size_t len);

@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ps_checkpoint.h"
 #include "ps_cox_dist.h"
@@ -84,27 +83,6 @@ struct ps_wl_model {
   float *bn_saved;            // (buffer total) running statistics before pass 1 (A > 1)
 };
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-// Every rank learns the worst status (a failure on one rank must not leave the
-// others waiting in the next collective); ranks that were fine say so.
-static ps_status agree(ps_comm *c, ps_status local) {
-  ps_status global = PS_OK;
-  PS_TRY(ps_comm_agree(c, local, &global));
-  if (global != PS_OK && local == PS_OK)
-    return ps_error_set(global, __FILE__, __LINE__, "another rank failed (%s); see rank 0's message",
-                        ps_status_name(global));
-  return global;
-}
-
-static ps_status bn_allreduce(void *ctx, double *buf, int64_t n) {
-  return ps_comm_allreduce((ps_comm *)ctx, PS_IN_PLACE, buf, n, PS_F64, PS_OP_SUM);
-}
-
 static bool uses(const ps_config *cfg, int m) {
   for (int i = 0; i < cfg->data.n_modalities; i++)
     if (cfg->data.modalities[i] == m) return true;
@@ -141,8 +119,7 @@ static ps_status build_local(ps_wl_model *w) {
   mc.heads = cfg->model.fusion_heads;
   mc.seed = (uint64_t)cfg->train.seed;
   PS_TRY(ps_model_create_on(&w->model, &mc, w->plan.device));
-  ps_nn_reducer r = {bn_allreduce, w->comm};
-  if (ps_comm_size(w->comm) > 1) ps_model_set_reducer(w->model, r);
+  ps_model_set_reducer(w->model, ps_nn_reducer_comm(w->comm)); // SyncBN sums (no-op reducer on 1 rank)
   int64_t plan_b = w->shape.b_max > w->shape.eval_b_max ? w->shape.b_max : w->shape.eval_b_max;
   PS_TRY(ps_model_plan(w->model, plan_b));
 
@@ -171,7 +148,7 @@ static ps_status build_local(ps_wl_model *w) {
 
 static ps_status build_model(ps_wl_model *w) {
   const ps_config *cfg = w->cfg;
-  PS_TRY(agree(w->comm, build_local(w)));
+  PS_TRY(ps_train_agree(w->comm, build_local(w)));
   ps_param_table *pt = ps_model_params(w->model);
   const int64_t bucket_bytes = (int64_t)(cfg->comm.bucket_mb * 1048576.0);
   if (w->plan.device == PS_CUDA && w->plan.grad_backend == PS_COMM_NCCL) {
@@ -291,7 +268,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   const ps_config *cfg = w->cfg;
   const int A = w->A;
   const int64_t G = w->shape.genes;
-  double t0 = now_s(), io = 0;
+  double t0 = ps_train_now_s(), io = 0;
   if (ts->step_in_epoch == 0) PS_TRY(ps_wl_data_train_begin(w->data, ts->epoch, 0));
   const bool gpu = w->plan.device == PS_CUDA;
   ps_param_table *pt = ps_model_params(w->model);
@@ -304,14 +281,14 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   int64_t present_local = 0, window_n = 0;
   double sse_local = 0;
   for (int m = 0; m < A; m++) {
-    double ti = now_s();
+    double ti = ps_train_now_s();
     PS_TRY(ps_wl_data_train_next(w->data, &cur));
-    io += now_s() - ti;
+    io += ps_train_now_s() - ti;
     keep_micro(w, m, &cur);
     for (int64_t i = 0; i < cur.b; i++) present_local += cur.omics_present[i] != 0;
     double recon = 0;
     ps_model_batch mb = model_batch(&cur);
-    PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, true, ts->step)));
+    PS_TRY(ps_train_agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, true, ts->step)));
     int64_t np = 0;
     for (int64_t i = 0; i < cur.b; i++) np += cur.omics_present[i] != 0;
     sse_local += recon * (double)np * (double)G;
@@ -334,12 +311,12 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     }
   ps_cox_batch cb = {window_n, lt, le, cfg->loss.strata == PS_CFG_STRATA_COHORT ? lc : NULL, li};
   ps_cox_result cr;
-  double tc0 = now_s();
+  double tc0 = ps_train_now_s();
   PS_TRY(ps_cox_dist_loss(w->cox, &cb, leta, cfg->loss.ties == PS_CFG_TIES_BRESLOW ? PS_COX_BRESLOW : PS_COX_EFRON, &cr,
                           w->grad_d));
   double red[2] = {sse_local, (double)present_local};
   PS_TRY(ps_comm_allreduce(w->comm, PS_IN_PLACE, red, 2, PS_F64, PS_OP_SUM));
-  double comm_s = now_s() - tc0;
+  double comm_s = ps_train_now_s() - tc0;
   double recon = red[1] > 0 ? red[0] / (red[1] * (double)G) : 0;
   ps_model_set_recon_norm(w->model, red[1] > 0 ? red[1] * (double)G : 1.0);
   // Backward (A > 1: pass 2 re-forwards each micro-batch first). The hook starts
@@ -353,7 +330,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
     if (A > 1) {
       double r2 = 0;
       ps_model_batch mb = model_batch(&b);
-      PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &r2, &mb, true, ts->step)));
+      PS_TRY(ps_train_agree(w->comm, ps_model_forward(w->model, w->eta, &r2, &mb, true, ts->step)));
     }
     for (int64_t i = 0; i < b.b; i++) w->deta[i] = (float)w->grad_d[off + i];
     off += b.b;
@@ -366,22 +343,22 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
       ps_grad_sync_timing dummy;
       ps_grad_sync_finish(w->sync, &dummy); // let started buckets complete before agreeing
     }
-    PS_TRY(agree(w->comm, bs));
+    PS_TRY(ps_train_agree(w->comm, bs));
   }
-  PS_TRY(agree(w->comm, h.s));
+  PS_TRY(ps_train_agree(w->comm, h.s));
   // Backward's kernels are compute: wait for them (the compute stream only, not
   // NCCL's) so that the time blocked in finish() is communication alone.
   if (gpu) PS_TRY(ps_cuda_stream_synchronize(NULL));
   ps_grad_sync_timing gt;
   double stage_s = 0;
   if (staged) { // device -> pinned host, ring all-reduce on the host, host -> device
-    double ts0 = now_s();
-    PS_TRY(agree(w->comm, ps_param_table_download(pt, w->grad_host, true))); // before the ring's first message
+    double ts0 = ps_train_now_s();
+    PS_TRY(ps_train_agree(w->comm, ps_param_table_download(pt, w->grad_host, true))); // before the ring's first message
     PS_TRY(ps_grad_sync_begin(w->sync));
     ps_status fs = ps_grad_sync_finish(w->sync, &gt);
     if (fs == PS_OK) fs = ps_cuda_copy_h2d(pt->grad, w->grad_host, sizeof(float) * (size_t)pt->total);
-    PS_TRY(agree(w->comm, fs));
-    stage_s = now_s() - ts0 - gt.comm_wait_s; // copies; the all-reduce itself is in comm_wait_s
+    PS_TRY(ps_train_agree(w->comm, fs));
+    stage_s = ps_train_now_s() - ts0 - gt.comm_wait_s; // copies; the all-reduce itself is in comm_wait_s
   } else {
     PS_TRY(ps_grad_sync_finish(w->sync, &gt));
   }
@@ -396,7 +373,7 @@ static ps_status wl_step(void *vw, const ps_train_state *ts, ps_step_stats *out)
   out->grad_norm = gn;
   out->io_s = io;
   out->comm_s = comm_s + gt.comm_wait_s + stage_s;
-  out->compute_s = now_s() - t0 - out->io_s - out->comm_s;
+  out->compute_s = ps_train_now_s() - t0 - out->io_s - out->comm_s;
   out->patients = cfg->train.global_batch;
   return PS_OK;
 }
@@ -440,7 +417,7 @@ static ps_status predict_part(ps_wl_model *w, ps_wl_part part, int64_t step, int
     double recon = 0;
     if (!end) {
       ps_model_batch mb = model_batch(&b);
-      PS_TRY(agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, false, step)));
+      PS_TRY(ps_train_agree(w->comm, ps_model_forward(w->model, w->eta, &recon, &mb, false, step)));
       if (each) {
         const float *ta = ps_model_tile_attention(w->model), *ma = ps_model_modality_attention(w->model);
         if (w->plan.device == PS_CUDA) PS_TRY(host_attention(w, b.b, &ta, &ma));

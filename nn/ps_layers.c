@@ -259,14 +259,6 @@ void ps_nn_maxpool2d_backward(float *din, const float *dout, const uint8_t *argm
       }
 }
 
-void ps_nn_avgpool_forward(float *out, const float *in, int64_t n, int64_t c, int64_t hw) {
-  ps_nn_launch_avgpool_forward(&host_ex, n * c, out, in, hw); // the host executor cannot fail
-}
-
-void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c, int64_t hw) {
-  ps_nn_launch_avgpool_backward(&host_ex, n * c * hw, din, dout, hw);
-}
-
 // ---- fused conv block ---------------------------------------------------------------------------
 // Tiles per conv call in a block of tile size tile_floats (OC*H*W): as many as fill the dz buffer
 // (planned for the largest block), at least s->chunk. Fewer, larger OpenMP regions: each region's

@@ -102,8 +102,6 @@ void ps_nn_maxpool2d_forward(float *out, uint8_t *argmax, const float *in, int64
                              int64_t w, int k);
 void ps_nn_maxpool2d_backward(float *din, const float *dout, const uint8_t *argmax, int64_t n, int64_t c, int64_t h,
                               int64_t w, int k);
-void ps_nn_avgpool_forward(float *out, const float *in, int64_t n, int64_t c, int64_t hw);
-void ps_nn_avgpool_backward(float *din, const float *dout, int64_t n, int64_t c, int64_t hw);
 
 // ---- Conv block: conv3x3 (no bias) -> BatchNorm2d (sync) or GroupNorm -> ReLU -> 2x2 max-pool ----
 // The tile CNN's unit, fused so that the normalized map is never stored:

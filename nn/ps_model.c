@@ -1,4 +1,5 @@
 #include "ps_model.h"
+#include "ps_ops.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -796,7 +797,9 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
       cin = c->cnn_ch[i];
       h /= 2;
     }
-    PS_TRY(ps_nn_launch_avgpool_forward(EX, nt * D, m->s_h, m->s_p[2], h * h));
+    ps_tensor tp = ps_tensor_wrap(m->s_p[2], PS_F32, EX->device, PS_SHAPE(nt, D, h, h)),
+              th = ps_tensor_wrap(m->s_h, PS_F32, EX->device, PS_SHAPE(nt, D));
+    PS_TRY(ps_global_avgpool_forward(&th, &tp));
   } else {
     PS_TRY(ps_nn_linear_forward_ex(EX, m->s_h, NULL, m->s_x0, PD(m->projw), PD(m->projb), nt, c->feat_dim, D,
                                    PS_NN_ACT_RELU));
@@ -962,7 +965,9 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
   // dpool of block 3 from the global average pool.
   float *dp = m->s_gpa, *dnext = m->s_gpb;
   PS_TRY(ps_nn_exec_zero(EX, dp, (size_t)(nt * D * (S / 8) * (S / 8)) * sizeof(float)));
-  PS_TRY(ps_nn_launch_avgpool_backward(EX, nt * D * (S / 8) * (S / 8), dp, m->s_gh, (S / 8) * (S / 8)));
+  ps_tensor tdp = ps_tensor_wrap(dp, PS_F32, EX->device, PS_SHAPE(nt, D, S / 8, S / 8)),
+            tgh = ps_tensor_wrap(m->s_gh, PS_F32, EX->device, PS_SHAPE(nt, D));
+  PS_TRY(ps_global_avgpool_backward(&tdp, &tgh));
   m->t_bwd[PS_MT_TILE_HEAD] = mclock(m) - t0;
   ps_nn_bn_opts bo = {c->bn_eps, c->bn_momentum, m->training, m->reducer, c->cnn_norm_groups};
   for (int i = 2; i >= 0; i--) {

@@ -65,8 +65,6 @@ typedef struct {
   X(gattn_backward_dwv, (float *dwv, const float *ds, const float *a, const float *g, int64_t nt, int64_t na),     \
     (dwv, ds, a, g, nt, na))                                                                                     \
   X(tile_attention, (float *ta, const float *alpha, const int64_t *off, int64_t kmax), (ta, alpha, off, kmax))    \
-  X(avgpool_forward, (float *out, const float *in, int64_t hw), (out, in, hw))                                    \
-  X(avgpool_backward, (float *din, const float *dout, int64_t hw), (din, dout, hw))                               \
   X(mhsa_forward,                                                                                                \
     (float *prob, float *ctx, const float *qkv, const uint8_t *mask, int64_t t, int64_t d, int64_t nh,            \
      float scale),                                                                                               \

@@ -243,16 +243,6 @@ PS_NN_KERNEL void k_tile_attention(int64_t i, float *ta, const float *alpha, con
   int64_t b = i / kmax, k = i - b * kmax;
   ta[i] = k < off[b + 1] - off[b] ? alpha[off[b] + k] : 0.0f;
 }
-// out (P) = mean of in (P, HW) in double. items: P
-PS_NN_KERNEL void k_avgpool_forward(int64_t p, float *out, const float *in, int64_t hw) {
-  double s = 0;
-  for (int64_t k = 0; k < hw; k++) s += in[p * hw + k];
-  out[p] = (float)(s / (double)hw);
-}
-// din (P, HW) += dout[p] / HW. items: P*HW
-PS_NN_KERNEL void k_avgpool_backward(int64_t i, float *din, const float *dout, int64_t hw) {
-  din[i] += dout[i / hw] / (float)hw;
-}
 
 // ---- multi-head self-attention core (qkv (B*T, 3D) -> prob, ctx) ------------------------------
 // Query (b, h, i): masked softmax of q.k * scale over valid keys, ctx = prob . v. items: B*NH*T

@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include "ps_layers.h"
+#include "ps_ops.h"
 #include "testutil.h"
 
 #define TU_OK_V(call)                                                                              \
@@ -157,9 +158,12 @@ static void maxpool_f(void *p, float *out) {
   pool_t *c = p;
   ps_nn_maxpool2d_forward(out, c->am, c->x, 2, 3, 6, 4, 2);
 }
+// The model's global average pool is tensor's op (CPU tensors here).
 static void avgpool_f(void *p, float *out) {
   pool_t *c = p;
-  ps_nn_avgpool_forward(out, c->x, 2, 3, 24);
+  ps_tensor to = ps_tensor_wrap(out, PS_F32, PS_CPU, PS_SHAPE(2, 3)),
+            ti = ps_tensor_wrap(c->x, PS_F32, PS_CPU, PS_SHAPE(2, 3, 4, 6));
+  if (ps_global_avgpool_forward(&to, &ti) != PS_OK) abort();
 }
 static void test_pools(void) {
   pool_t c = {rnd(144, -1, 1, 19), calloc(36, 1)};
@@ -170,7 +174,9 @@ static void test_pools(void) {
   check("maxpool2d.x", c.x, dx, 144, &l);
   memset(dx, 0, sizeof(float) * 144);
   avgpool_f(&c, out);
-  ps_nn_avgpool_backward(dx, r, 2, 3, 24);
+  ps_tensor tdx = ps_tensor_wrap(dx, PS_F32, PS_CPU, PS_SHAPE(2, 3, 4, 6)),
+            tr = ps_tensor_wrap(r, PS_F32, PS_CPU, PS_SHAPE(2, 3));
+  TU_OK_V(ps_global_avgpool_backward(&tdx, &tr));
   lctx l2 = {avgpool_f, &c, out, r, 6};
   check("avgpool.x", c.x, dx, 144, &l2);
   free(c.x), free(c.am), free(out), free(r), free(dx);
