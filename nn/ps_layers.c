@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "ps_convblock_cpu.h"
 #include "ps_nn_kernels.h"
 #include "ps_ops.h"
 #include "ps_rng.h"
@@ -62,25 +63,6 @@ ps_status ps_nn_linear_backward(float *din, float *dw, float *db, float *dout, c
 
 static const ps_conv2d_params conv3x3 = {1, 1, 1, 1}; // stride 1, "same" padding
 
-// Sum and sum of squares of x (n): 8 float lanes per block of up to 1024 elements (the loop
-// vectorizes without -ffast-math), blocks accumulated in double. Fixed order: deterministic.
-static void sum_sumsq(const float *x, int64_t n, double *s, double *ss) {
-  double ds = 0, dss = 0;
-  for (int64_t b0 = 0; b0 < n; b0 += 1024) {
-    int64_t b1 = b0 + 1024 < n ? b0 + 1024 : n, i = b0;
-    float a[8] = {0}, q[8] = {0};
-    for (; i + 8 <= b1; i += 8)
-      for (int l = 0; l < 8; l++) {
-        a[l] += x[i + l];
-        q[l] += x[i + l] * x[i + l];
-      }
-    for (; i < b1; i++) ds += x[i], dss += (double)x[i] * x[i];
-    for (int l = 0; l < 8; l++) ds += a[l], dss += q[l];
-  }
-  *s = ds;
-  *ss = dss;
-}
-
 // ---- BatchNorm -------------------------------------------------------------------------------
 ps_status ps_nn_bn_finish_stats(float *mean, float *rstd, float *running_mean, float *running_var, int64_t c,
                                 const ps_nn_bn_opts *o, double *stats) {
@@ -119,7 +101,7 @@ ps_status ps_nn_batchnorm_forward(float *out, float *mean, float *rstd, const fl
     for (int64_t i = 0; i < n; i++)
       for (int64_t j = 0; j < c; j++) {
         double s, ss;
-        sum_sumsq(in + (i * c + j) * hw, hw, &s, &ss);
+        ps_cb_sum_sumsq(in + (i * c + j) * hw, hw, &s, &ss);
         stats[j] += s;
         stats[c + j] += ss;
       }
@@ -272,7 +254,7 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
                                   const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
-  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd, oh = h / 2, ow = wd / 2;
+  const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
   PS_REQUIRE(h % 2 == 0 && wd % 2 == 0, "conv block: input %lldx%lld must be even for 2x2 pooling", (long long)h,
              (long long)wd);
   PS_REQUIRE(o->groups <= 0 || oc % o->groups == 0, "conv block: %lld channels not divisible into %d groups",
@@ -298,7 +280,7 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
         const int64_t cg = oc / o->groups;
         for (int64_t g = 0; g < o->groups; g++) {
           double sm, ss;
-          sum_sumsq(zi + g * cg * hw, cg * hw, &sm, &ss);
+          ps_cb_sum_sumsq(zi + g * cg * hw, cg * hw, &sm, &ss);
           double m = sm / (double)(cg * hw), var = ss / (double)(cg * hw) - m * m;
           mean[i * o->groups + g] = (float)m;
           rstd[i * o->groups + g] = (float)(1.0 / sqrt((var > 0 ? var : 0) + o->eps));
@@ -306,7 +288,7 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
       } else if (o->training)
         for (int64_t j = 0; j < oc; j++) {
           double sm, ss;
-          sum_sumsq(zi + j * hw, hw, &sm, &ss);
+          ps_cb_sum_sumsq(zi + j * hw, hw, &sm, &ss);
           st[j] += sm;
           st[oc + j] += ss;
         }
@@ -324,21 +306,8 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
     for (int64_t j = 0; j < oc; j++) {
       int64_t si = o->groups > 0 ? i * o->groups + j / (oc / o->groups) : j; // statistics index
       float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
-      const float *zz = z + (i * oc + j) * hw;
-      float *po = pool_out + (i * oc + j) * oh * ow;
-      uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      for (int64_t oy = 0; oy < oh; oy++)
-        for (int64_t ox = 0; ox < ow; ox++) {
-          const float *q = zz + 2 * oy * wd + 2 * ox;
-          float v0 = q[0] * sc + sh, v1 = q[1] * sc + sh, v2 = q[wd] * sc + sh, v3 = q[wd + 1] * sc + sh;
-          float best = v0 > 0.0f ? v0 : 0.0f;
-          int bi = 0;
-          if (v1 > best) best = v1, bi = 1;
-          if (v2 > best) best = v2, bi = 2;
-          if (v3 > best) best = v3, bi = 3;
-          po[oy * ow + ox] = best;
-          am[oy * ow + ox] = (uint8_t)bi;
-        }
+      const int64_t off = (i * oc + j) * hw;
+      ps_cb_norm_relu_pool(pool_out + off / 4, argmax + off / 4, z + off, sc, sh, h, wd);
     }
   return PS_OK;
 }
@@ -433,7 +402,6 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
                                    const float *in, const float *w, const float *gamma, const float *beta,
                                    const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
   const int64_t n = d->n, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
-  const int64_t oh = h / 2, ow = wd / 2;
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
   if (o->groups > 0) return groupnorm_block_backward(din, dw, dgamma, dbeta, gz, dpool, argmax, z, mean, rstd, in, w,
@@ -445,24 +413,9 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
     double *st = s->stats + omp_get_thread_num() * (2 * oc + 1);
     for (int64_t j = 0; j < oc; j++) {
       float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc;
-      const float *zz = z + (i * oc + j) * hw;
-      const float *dp = dpool + (i * oc + j) * oh * ow;
-      const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-      // Branch-free (the ReLU mask is data-dependent, ~half taken); float sums per output row,
-      // double across rows: fixed order, so deterministic.
-      double sdy = 0, sdz = 0; // sum dy, sum dy * z
-      for (int64_t oy = 0; oy < oh; oy++) {
-        float ry = 0.0f, rz = 0.0f;
-        for (int64_t ox = 0; ox < ow; ox++) {
-          int bi = am[oy * ow + ox];
-          float zv = zz[(2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1)];
-          float gv = (float)(zv * sc + sh > 0.0f) * dp[oy * ow + ox]; // 0/1 factor: no branch
-          ry += gv;
-          rz += gv * zv;
-        }
-        sdy += ry;
-        sdz += rz;
-      }
+      const int64_t off = (i * oc + j) * hw;
+      double sdy, sdz; // sum dy, sum dy * z
+      ps_cb_bwd_sums(&sdy, &sdz, z + off, dpool + off / 4, argmax + off / 4, sc, sh, h, wd);
       st[j] += sdy;
       st[oc + j] += (sdz - (double)mean[j] * sdy) * (double)rstd[j]; // sum dy * xhat
     }
@@ -488,20 +441,10 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
       for (int64_t j = 0; j < oc; j++) {
         float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc, g = sc;
         float a = o->training ? (float)(stats[j] / cnt) : 0.0f, bq = o->training ? (float)(stats[oc + j] / cnt) : 0.0f;
-        const float *zz = z + (i * oc + j) * hw;
-        const float *dp = dpool + (i * oc + j) * oh * ow;
-        const uint8_t *am = argmax + (i * oc + j) * oh * ow;
-        float *gg = gt + j * hw;
-        // dz = g (dy - a - xhat bq) = c0 + c1 z + g dy: one vectorized affine pass over the map,
-        // then the pooled winners that pass the ReLU add g dy (no memset, no second full pass).
+        // dz = g (dy - a - xhat bq) = c0 + c1 z + g dy
         const float mj = mean[j], rj = rstd[j], c1 = -g * rj * bq, c0 = -g * a + g * mj * rj * bq;
-        for (int64_t k = 0; k < hw; k++) gg[k] = c0 + c1 * zz[k];
-        for (int64_t oy = 0; oy < oh; oy++)
-          for (int64_t ox = 0; ox < ow; ox++) {
-            int bi = am[oy * ow + ox];
-            int64_t pos = (2 * oy + (bi >> 1)) * wd + 2 * ox + (bi & 1);
-            gg[pos] += (float)(zz[pos] * sc + sh > 0.0f) * g * dp[oy * ow + ox];
-          }
+        const int64_t off = (i * oc + j) * hw;
+        ps_cb_bwd_dz(gt + j * hw, z + off, dpool + off / 4, argmax + off / 4, sc, sh, g, c0, c1, h, wd);
       }
     }
     PS_TRY(conv_chunk_backward(din, dw, gz, in, w, i0, cn, d, s));
