@@ -416,8 +416,7 @@ static void conv_direct_run(float *y, const float *x, const float *w, const floa
     else ps_conv_direct_pack_weights(wp, w, &dd);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < d->N; n++) {
-      if (kind == CONV_DIRECT_AVX512) ps_conv_direct_pad_avx512(xp, x + n * xn, &dd);
-      else ps_conv_direct_pad(xp, x + n * xn, &dd);
+      ps_conv_direct_pad(xp, x + n * xn, &dd);
       if (kind == CONV_DIRECT_AVX512) ps_conv_direct_forward_avx512(y + n * yn, xp, wp, b, dx, &dd);
       else ps_conv_direct_forward_c(y + n * yn, xp, wp, b, dx, &dd);
     }
@@ -445,8 +444,7 @@ static void conv_dw_direct(float *dw, const float *g, const float *x, const conv
       const int ng = (int)(d->N - q * G < G ? d->N - q * G : G);
       for (int i = 0; i < ng; i++) {
         int64_t n = q * G + i;
-        if (kind == CONV_DIRECT_AVX512) ps_conv_direct_pad_avx512(xp + i * padf, x + n * d->C * d->H * d->W, &dd);
-        else ps_conv_direct_pad(xp + i * padf, x + n * d->C * d->H * d->W, &dd);
+        ps_conv_direct_pad(xp + i * padf, x + n * d->C * d->H * d->W, &dd);
         xs[i] = xp + i * padf;
         gs[i] = g + n * d->OC * d->P;
       }

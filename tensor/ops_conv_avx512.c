@@ -195,28 +195,6 @@ PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, co
     }
 }
 
-// ps_conv_direct_pad with 16-float masked copies: the same bytes, without the portable version's
-// memcpy call per row (rows of 16-64 floats, millions per training step: the calls cost more
-// than the copying).
-void PS_AVX512 ps_conv_direct_pad_avx512(float *xp, const float *x, const ps_conv_direct_dims *d) {
-  const int64_t plane = d->HP * d->WP, WP = d->WP, W = d->W;
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t c = 0; c < d->C; c++) {
-    float *p = xp + c * plane, *bottom = p + (d->H + 1) * WP;
-    for (int64_t k = 0; k < WP; k += 16) {
-      _mm512_mask_storeu_ps(p + k, tail_mask(WP - k), zero);
-      _mm512_mask_storeu_ps(bottom + k, tail_mask(WP - k), zero);
-    }
-    for (int64_t h = 0; h < d->H; h++) {
-      float *row = p + (h + 1) * WP;
-      const float *src = x + (c * d->H + h) * W;
-      row[0] = 0.0f;
-      for (int64_t k = 0; k < WP - 1; k += 16) // row[1 + k] = src[k] within W, 0 to the row's end
-        _mm512_mask_storeu_ps(row + 1 + k, tail_mask(WP - 1 - k), _mm512_maskz_loadu_ps(tail_mask(W - k), src + k));
-    }
-  }
-}
-
 #else // not x86-64 GCC/Clang: never selected
 
 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
@@ -224,7 +202,6 @@ void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const float *A, int
   (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)C, (void)ldc;
 }
 bool ps_conv_have_avx512(void) { return false; }
-void ps_conv_direct_pad_avx512(float *xp, const float *x, const ps_conv_direct_dims *d) { ps_conv_direct_pad(xp, x, d); }
 void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b, bool accumulate,
                                    const ps_conv_direct_dims *d) {
   ps_conv_direct_forward_c(y, xp, wp, b, accumulate, d);

@@ -69,7 +69,6 @@ int64_t ps_conv_direct_wpack_floats(const ps_conv_direct_dims *d);
 int64_t ps_conv_direct_lanes_floats(const ps_conv_direct_dims *d);
 // xp (C, HP, WP) = x (C, H, W) with zero borders.
 void ps_conv_direct_pad(float *xp, const float *x, const ps_conv_direct_dims *d);
-void ps_conv_direct_pad_avx512(float *xp, const float *x, const ps_conv_direct_dims *d);
 // wp (OCP/8, C*9, 8) = w (OC, C, 3, 3) regrouped so a tile's 8 weights of one tap are adjacent; zero past OC.
 void ps_conv_direct_pack_weights(float *wp, const float *w, const ps_conv_direct_dims *d);
 // The same for the input gradient, a "same" convolution of dout (d->C = the layer's OC channels) into
