@@ -128,8 +128,8 @@ static void CB_AVX512 sum_sumsq_avx512(const float *x, int64_t n, double *s, dou
   *ss = sum_lanes_in_order(qlo, qhi);
 }
 
-// The 2x2 windows of pooled columns [ox, ox + 16) of pooled row oy (m: valid lanes): v00/v01 =
-// even/odd columns of the top row, v10/v11 of the bottom row.
+// The 2x2 windows of pooled columns [ox, ox + 16) of pooled row oy (m: valid lanes): e0/o0 =
+// even/odd columns of the top row (window slots 0 and 1), e1/o1 of the bottom row (2 and 3).
 typedef struct {
   __m512 e0, o0, e1, o1;
 } windows16;
