@@ -8,7 +8,7 @@
 // both give the same floats.
 #include "ps_convblock_cpu.h"
 
-#include <string.h>
+#include "ps_nn_kernels.h"
 
 enum { LANES = 16, SUM_BLOCK = 1024 };
 
@@ -35,17 +35,8 @@ static void norm_relu_pool_portable(float *po, uint8_t *am, const float *z, floa
                                     int64_t w) {
   const int64_t oh = h / 2, ow = w / 2;
   for (int64_t oy = 0; oy < oh; oy++)
-    for (int64_t ox = 0; ox < ow; ox++) {
-      const float *q = z + 2 * oy * w + 2 * ox;
-      float v0 = q[0] * sc + sh, v1 = q[1] * sc + sh, v2 = q[w] * sc + sh, v3 = q[w + 1] * sc + sh;
-      float best = v0 > 0.0f ? v0 : 0.0f;
-      int bi = 0;
-      if (v1 > best) best = v1, bi = 1;
-      if (v2 > best) best = v2, bi = 2;
-      if (v3 > best) best = v3, bi = 3;
-      po[oy * ow + ox] = best;
-      am[oy * ow + ox] = (uint8_t)bi;
-    }
+    for (int64_t ox = 0; ox < ow; ox++)
+      am[oy * ow + ox] = (uint8_t)k_pool2x2_relu(&po[oy * ow + ox], z + 2 * oy * w + 2 * ox, w, sc, sh);
 }
 
 static inline const float *winner(const float *z, const uint8_t *am, int64_t oy, int64_t ox, int64_t w,

@@ -362,6 +362,20 @@ PS_NN_KERNEL void k_gn_stats(int64_t q, float *mean, float *rstd, const float *z
   mean[q] = (float)m;
   rstd[q] = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
 }
+// One 2x2 window of z (row stride w, top-left q) normalized as z * sc + sh: *best = max(relu(v0),
+// v1, v2, v3); returns the first winner's slot (0..3, row-major), 0 when every value is <= 0. The
+// rule of the device epilogue below and of the CPU block's portable kernel (nn/ps_convblock_cpu.c;
+// its AVX-512 version applies it to 16 windows per vector).
+PS_NN_KERNEL int k_pool2x2_relu(float *best, const float *q, int64_t w, float sc, float sh) {
+  float v0 = q[0] * sc + sh, v1 = q[1] * sc + sh, v2 = q[w] * sc + sh, v3 = q[w + 1] * sc + sh;
+  float b = v0 > 0.0f ? v0 : 0.0f;
+  int bi = 0;
+  if (v1 > b) b = v1, bi = 1;
+  if (v2 > b) b = v2, bi = 2;
+  if (v3 > b) b = v3, bi = 3;
+  *best = b;
+  return bi;
+}
 // Pooled output (i, j, oy, ox) = max(relu(v0), v1, v2, v3) of the window's normalized values,
 // argmax = first winner (as the fused CPU block). items: N*OC*(H/2)*(W/2)
 PS_NN_KERNEL void k_convblock_epilogue(int64_t o, float *pool_out, uint8_t *argmax, const float *z,
@@ -370,19 +384,11 @@ PS_NN_KERNEL void k_convblock_epilogue(int64_t o, float *pool_out, uint8_t *argm
   const int64_t oh = h / 2, ow = w / 2, p = o / (oh * ow), r = o - p * oh * ow, oy = r / ow, ox = r - oy * ow;
   const int64_t i = p / oc, j = p - i * oc, si = k_stat_index(i, j, oc, groups);
   float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
-  const float *q = z + p * h * w + 2 * oy * w + 2 * ox;
-  float v0 = q[0] * sc + sh, v1 = q[1] * sc + sh, v2 = q[w] * sc + sh, v3 = q[w + 1] * sc + sh;
-  float best = v0 > 0.0f ? v0 : 0.0f;
-  int bi = 0;
-  if (v1 > best) best = v1, bi = 1;
-  if (v2 > best) best = v2, bi = 2;
-  if (v3 > best) best = v3, bi = 3;
-  pool_out[o] = best;
-  argmax[o] = (uint8_t)bi;
+  argmax[o] = (uint8_t)k_pool2x2_relu(&pool_out[o], z + p * h * w + 2 * oy * w + 2 * ox, w, sc, sh);
 }
 // Backward partials of plane p = (i, j) over the pooled winners that pass the ReLU:
 // part[2p] = sum dy, part[2p+1] = sum dy * xhat (BatchNorm: float per output row, double
-// across rows, like the fused CPU block). items: N*OC
+// across rows; the fused CPU block uses 16 float lanes per row instead, ~1e-7 apart). items: N*OC
 PS_NN_KERNEL void k_convblock_backward_partials(int64_t p, double *part, const float *dpool, const uint8_t *argmax,
                                                 const float *z, const float *mean, const float *rstd,
                                                 const float *gamma, const float *beta, int64_t oc, int groups,

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "ps_layers.h"
-#include <omp.h>
 
+#include "convblock_scratch.h"
 #include "testutil.h"
 
 
@@ -54,13 +54,7 @@ static int run_case(const char *what, bool training, int groups, bool reducer, u
   }
   float *rmp[2] = {groups ? NULL : rm[0], groups ? NULL : rm[1]}, *rvp[2] = {groups ? NULL : rv[0], groups ? NULL : rv[1]};
   // fused
-  ps_nn_convblock_scratch fs = {0};
-  fs.chunk = ps_nn_convblock_chunk();
-  fs.gz_floats = fs.chunk * oc * hw;
-  fs.gz = zalloc(fs.gz_floats * 4);
-  fs.ws_floats = ps_nn_convblock_ws_floats(&d, fs.chunk);
-  fs.ws = zalloc(fs.ws_floats * 4);
-  fs.stats = zalloc((size_t)omp_get_max_threads() * (2 * oc + 1) * 8);
+  ps_nn_convblock_scratch fs = convblock_scratch_alloc(&d);
   TU_OK(ps_nn_convblock_forward(po[0], am[0], z[0], mean[0], rstd[0], x, w, g, b, rmp[0], rvp[0], &d, &o, &fs));
   TU_OK(ps_nn_convblock_backward(dx[0], dw[0], dg[0], db[0], fs.gz, dp, am[0], z[0], mean[0], rstd[0], x, w, g, b, &d,
                                  &o, &fs));
@@ -103,7 +97,7 @@ static int run_case(const char *what, bool training, int groups, bool reducer, u
     free(po[k]), free(z[k]), free(am[k]), free(mean[k]), free(rstd[k]), free(rm[k]), free(rv[k]);
     free(dx[k]), free(dw[k]), free(dg[k]), free(db[k]);
   }
-  free(fs.gz), free(fs.ws), free(fs.stats);
+  convblock_scratch_free(&fs);
   free(ds.gz), free(ds.ws), free(ds.part), free(ds.stats), free(ds.chan_h), free(ds.gn_ab);
   free(x), free(w), free(g), free(b), free(dp);
   return 0;

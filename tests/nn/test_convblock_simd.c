@@ -13,8 +13,8 @@
 
 #include "ps_convblock_cpu.h"
 #include "ps_layers.h"
-#include <omp.h>
 
+#include "convblock_scratch.h"
 #include "testutil.h"
 
 static void *zalloc(size_t n) { return calloc(n ? n : 1, 1); }
@@ -117,13 +117,7 @@ static int check_block(const ps_nn_convblock_dims d, bool training, uint64_t see
   ps_tu_fill_uniform(dp, np, -1, 1, seed, 5);
   float *po[2], *z[2], *mean[2], *rstd[2], *rm[2], *rv[2], *dx[2], *dw[2], *dg[2], *db[2];
   uint8_t *am[2];
-  ps_nn_convblock_scratch s = {0};
-  s.chunk = ps_nn_convblock_chunk();
-  s.gz_floats = s.chunk * oc * hw;
-  s.gz = zalloc(s.gz_floats * 4);
-  s.ws_floats = ps_nn_convblock_ws_floats(&d, s.chunk);
-  s.ws = zalloc(s.ws_floats * 4);
-  s.stats = zalloc((size_t)omp_get_max_threads() * (2 * oc + 1) * 8);
+  ps_nn_convblock_scratch s = convblock_scratch_alloc(&d);
   for (int k = 0; k < 2; k++) { // [0] portable, [1] AVX-512
     po[k] = zalloc(np * 4), z[k] = zalloc(n * oc * hw * 4), am[k] = zalloc(np);
     mean[k] = zalloc(oc * 4), rstd[k] = zalloc(oc * 4), rm[k] = zalloc(oc * 4), rv[k] = zalloc(oc * 4);
@@ -155,7 +149,8 @@ static int check_block(const ps_nn_convblock_dims d, bool training, uint64_t see
     free(po[k]), free(z[k]), free(am[k]), free(mean[k]), free(rstd[k]), free(rm[k]), free(rv[k]);
     free(dx[k]), free(dw[k]), free(dg[k]), free(db[k]);
   }
-  free(s.gz), free(s.ws), free(s.stats), free(x), free(w), free(g), free(b), free(dp);
+  convblock_scratch_free(&s);
+  free(x), free(w), free(g), free(b), free(dp);
   return 0;
 }
 
