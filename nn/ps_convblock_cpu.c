@@ -123,6 +123,7 @@ static void CB_AVX512 sum_sumsq_avx512(const float *x, int64_t n, double *s, dou
 // even/odd columns of the top row (window slots 0 and 1), e1/o1 of the bottom row (2 and 3).
 typedef struct {
   __m512 e0, o0, e1, o1;
+  __mmask16 mlo, mhi; // valid floats of the 32 loaded per row: columns 0..15 and 16..31
 } windows16;
 
 static inline windows16 CB_AVX512 load_windows(const float *z, int64_t w, int64_t oy, int64_t ox, __mmask16 m) {
@@ -134,7 +135,7 @@ static inline windows16 CB_AVX512 load_windows(const float *z, int64_t w, int64_
   const __m512 a0 = _mm512_maskz_loadu_ps(mlo, r0), a1 = _mm512_maskz_loadu_ps(mhi, r0 + 16);
   const __m512 b0 = _mm512_maskz_loadu_ps(mlo, r1), b1 = _mm512_maskz_loadu_ps(mhi, r1 + 16);
   windows16 r = {_mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a0, odd, a1),
-                 _mm512_permutex2var_ps(b0, even, b1), _mm512_permutex2var_ps(b0, odd, b1)};
+                 _mm512_permutex2var_ps(b0, even, b1), _mm512_permutex2var_ps(b0, odd, b1), mlo, mhi};
   return r;
 }
 
@@ -218,8 +219,6 @@ static void CB_AVX512 bwd_dz_avx512(float *gg, const float *z, const float *dp, 
   for (int64_t oy = 0; oy < oh; oy++)
     for (int64_t ox = 0; ox < ow; ox += LANES) {
       const __mmask16 m = tail16(ow - ox);
-      const int cnt = __builtin_popcount(m);
-      const __mmask16 mlo = tail16(2 * cnt), mhi = tail16(2 * cnt - 16);
       const windows16 q = load_windows(z, w, oy, ox, m);
       const winners16 wn = pick_winners(&q, am + oy * ow + ox, m);
       const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, affine(wn.zv, sc, sh), zero, _CMP_GT_OQ);
@@ -231,10 +230,10 @@ static void CB_AVX512 bwd_dz_avx512(float *gg, const float *z, const float *dp, 
       e1 = _mm512_mask_add_ps(e1, pass & wn.k2, e1, t);
       o1 = _mm512_mask_add_ps(o1, pass & wn.k3, o1, t);
       float *r0 = gg + 2 * oy * w + 2 * ox, *r1 = r0 + w;
-      _mm512_mask_storeu_ps(r0, mlo, _mm512_permutex2var_ps(e0, lo, o0));
-      _mm512_mask_storeu_ps(r0 + 16, mhi, _mm512_permutex2var_ps(e0, hi, o0));
-      _mm512_mask_storeu_ps(r1, mlo, _mm512_permutex2var_ps(e1, lo, o1));
-      _mm512_mask_storeu_ps(r1 + 16, mhi, _mm512_permutex2var_ps(e1, hi, o1));
+      _mm512_mask_storeu_ps(r0, q.mlo, _mm512_permutex2var_ps(e0, lo, o0));
+      _mm512_mask_storeu_ps(r0 + 16, q.mhi, _mm512_permutex2var_ps(e0, hi, o0));
+      _mm512_mask_storeu_ps(r1, q.mlo, _mm512_permutex2var_ps(e1, lo, o1));
+      _mm512_mask_storeu_ps(r1 + 16, q.mhi, _mm512_permutex2var_ps(e1, hi, o1));
     }
 }
 #endif

@@ -21,7 +21,7 @@
 PS_NN_KERNEL_LIST(PS_NN_DEFINE_LAUNCH)
 
 #if !PANSURV_HAVE_CUDA
-#pragma GCC diagnostic ignored "-Wunused-parameter" // the stubs only report
+#pragma GCC diagnostic ignored "-Wunused-parameter" // without CUDA these entry points only return an error
 #define PS_NN_DEFINE_NO_CUDA(name, params, args)                                                              \
   ps_status ps_nn_cuda_##name(int64_t n, PS_NN_UNPACK params) {                                                \
     (void)n;                                                                                                   \

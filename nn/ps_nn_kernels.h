@@ -3,7 +3,7 @@
 // __global__ wrapper in ps_nn_exec_cuda.cu). One code path: the CPU model runs the same
 // bodies the GPU runs, so the CPU tests (gradchecks, 1-vs-N ranks, resume) test them.
 //
-// Rules for a body k_xxx(i, ...): item i writes only its own outputs (no atomics, no
+// Rules for a kernel body k_<name>(i, ...): item i writes only its own outputs (no atomics, no
 // shared memory, no warp shuffles), inner loops run in a fixed order, so a result has the
 // same bits on every run and on every executor up to the compilers' float contraction.
 // Items are listed next to each body ("items: B*D" = one per (b, j)).

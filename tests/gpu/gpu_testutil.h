@@ -45,4 +45,31 @@ static void gpu_dev_free_all(void) {
   gpu_ndev = 0;
 }
 
+// One random conv case run on both devices from the same inputs: forward and backward
+// (din, dw, db) on the host into out/din/dw/db and on the GPU into Out/Din/Dw/Db.
+typedef struct {
+  ps_tensor out, din, dw, db;
+  ps_tensor *Out, *Din, *Dw, *Db;
+} gpu_conv_pair;
+
+static int gpu_conv_pair_run(gpu_conv_pair *r, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OC, int64_t K,
+                             ps_conv2d_params p) {
+  ps_tensor in = OT_RAND(-1, 1, N, C, H, W), w = OT_RAND(-1, 1, OC, C, K, K), b = OT_RAND(-1, 1, OC);
+  int64_t OH = (H + 2 * p.pad_h - K) / p.stride_h + 1, OW = (W + 2 * p.pad_w - K) / p.stride_w + 1;
+  r->out = OT_ZEROS(N, OC, OH, OW);
+  ps_tensor g = OT_RAND(-1, 1, N, OC, OH, OW);
+  r->din = OT_RAND(-1, 1, N, C, H, W), r->dw = OT_RAND(-1, 1, OC, C, K, K), r->db = OT_RAND(-1, 1, OC);
+  ps_tensor *In = gpu_dev(&in), *Wt = gpu_dev(&w);
+  r->Out = gpu_dev(&r->out), r->Din = gpu_dev(&r->din), r->Dw = gpu_dev(&r->dw), r->Db = gpu_dev(&r->db);
+  int64_t wc = ps_conv2d_workspace_floats(&in, &w, &p), wg = ps_conv2d_workspace_floats(In, Wt, &p);
+  TU_CHECK(wc > 0 && wg > 0, "workspace sizes %lld / %lld", (long long)wc, (long long)wg);
+  ps_tensor ws = OT_ZEROS(wc), wsg = OT_ZEROS(wg);
+  ps_tensor *Wsg = gpu_dev(&wsg);
+  TU_OK(ps_conv2d_forward(r->Out, In, Wt, gpu_dev(&b), &p, Wsg));
+  TU_OK(ps_conv2d_backward(r->Din, r->Dw, r->Db, gpu_dev(&g), In, Wt, &p, Wsg));
+  TU_OK(ps_conv2d_forward(&r->out, &in, &w, &b, &p, &ws));
+  TU_OK(ps_conv2d_backward(&r->din, &r->dw, &r->db, &g, &in, &w, &p, &ws));
+  return 0;
+}
+
 #endif

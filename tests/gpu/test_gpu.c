@@ -220,28 +220,17 @@ static int test_dense(void) {
 // ---- gpu_spatial: conv, pooling --------------------------------------------------------
 static int conv_case(const char *name, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OC, int64_t K,
                      ps_conv2d_params p) {
-  ps_tensor in = OT_RAND(-1, 1, N, C, H, W), w = OT_RAND(-1, 1, OC, C, K, K), b = OT_RAND(-1, 1, OC);
-  int64_t OH = (H + 2 * p.pad_h - K) / p.stride_h + 1, OW = (W + 2 * p.pad_w - K) / p.stride_w + 1;
-  ps_tensor out = OT_ZEROS(N, OC, OH, OW), g = OT_RAND(-1, 1, N, OC, OH, OW);
-  ps_tensor din = OT_RAND(-1, 1, N, C, H, W), dw = OT_RAND(-1, 1, OC, C, K, K), db = OT_RAND(-1, 1, OC);
-  ps_tensor *In = gpu_dev(&in), *Wt = gpu_dev(&w), *Out = gpu_dev(&out), *Din = gpu_dev(&din), *Dw = gpu_dev(&dw), *Db = gpu_dev(&db);
-  int64_t wc = ps_conv2d_workspace_floats(&in, &w, &p), wg = ps_conv2d_workspace_floats(In, Wt, &p);
-  TU_CHECK(wc > 0 && wg > 0, "workspace sizes %lld / %lld", (long long)wc, (long long)wg);
-  ps_tensor ws = OT_ZEROS(wc), wsg = OT_ZEROS(wg);
-  ps_tensor *Wsg = gpu_dev(&wsg);
-  TU_OK(ps_conv2d_forward(Out, In, Wt, gpu_dev(&b), &p, Wsg));
-  TU_OK(ps_conv2d_backward(Din, Dw, Db, gpu_dev(&g), In, Wt, &p, Wsg));
-  TU_OK(ps_conv2d_forward(&out, &in, &w, &b, &p, &ws));
-  TU_OK(ps_conv2d_backward(&din, &dw, &db, &g, &in, &w, &p, &ws));
+  gpu_conv_pair r;
+  if (gpu_conv_pair_run(&r, N, C, H, W, OC, K, p)) return 1;
   char s[64];
   snprintf(s, sizeof s, "%s out", name);
-  cmp(s, Out, &out, TOL_F32);
+  cmp(s, r.Out, &r.out, TOL_F32);
   snprintf(s, sizeof s, "%s din", name);
-  cmp(s, Din, &din, TOL_F32);
+  cmp(s, r.Din, &r.din, TOL_F32);
   snprintf(s, sizeof s, "%s dw", name);
-  cmp(s, Dw, &dw, TOL_F32);
+  cmp(s, r.Dw, &r.dw, TOL_F32);
   snprintf(s, sizeof s, "%s db", name);
-  cmp(s, Db, &db, TOL_F32);
+  cmp(s, r.Db, &r.db, TOL_F32);
   return 0;
 }
 

@@ -27,16 +27,7 @@ int main(void) {
     return 77;
   }
   uint64_t seed = ps_tu_seed("gpu_model_step", 21);
-  for (int groups = 0; groups <= 2; groups += 2) {
-    const char *what = groups ? "groupnorm(2)" : "batchnorm";
-    ms_result cpu, gpu;
-    TU_OK(ms_run(PS_CPU, false, groups, seed, NULL, &cpu));
-    TU_OK(ms_run(PS_CUDA, true, groups, seed, cpu.grad, &gpu));
-    printf("%s: cuda vs cpu\n", what);
-    ms_compare(what, &gpu, &cpu, TOL_F32);
-    ms_free(&cpu);
-    ms_free(&gpu);
-  }
+  if (ms_check_device_block(PS_CUDA, "cuda vs cpu", seed, TOL_F32)) return 1;
   // Prefetch: stage(B) while "computing" A, then forward(B) == unstaged forward(B), bit for bit.
   {
     ps_model_config cfg;

@@ -127,29 +127,18 @@ static int test_bf16_ops(void) {
   // Convolution: cuDNN (when built) and the im2col path.
   for (int path = 0; path < 2; path++) {
     if (path == 1) setenv("PANSURV_CONV", "im2col", 1);
-    enum { CN = 2, CC = 8, CH = 12, CW = 10, OC = 16, KK = 3 };
-    ps_conv2d_params p = {1, 1, 1, 1};
-    ps_tensor in = OT_RAND(-1, 1, CN, CC, CH, CW), w = OT_RAND(-1, 1, OC, CC, KK, KK), b = OT_RAND(-1, 1, OC);
-    ps_tensor out = OT_ZEROS(CN, OC, CH, CW), g = OT_RAND(-1, 1, CN, OC, CH, CW);
-    ps_tensor din = OT_RAND(-1, 1, CN, CC, CH, CW), dw = OT_RAND(-1, 1, OC, CC, KK, KK), db = OT_RAND(-1, 1, OC);
-    ps_tensor *In = gpu_dev(&in), *Wt = gpu_dev(&w), *Out = gpu_dev(&out), *Din = gpu_dev(&din), *Dw = gpu_dev(&dw), *Db = gpu_dev(&db);
-    int64_t wc = ps_conv2d_workspace_floats(&in, &w, &p), wg = ps_conv2d_workspace_floats(In, Wt, &p);
-    ps_tensor ws = OT_ZEROS(wc), wsg = OT_ZEROS(wg);
-    ps_tensor *Wsg = gpu_dev(&wsg);
-    TU_OK(ps_conv2d_forward(Out, In, Wt, gpu_dev(&b), &p, Wsg));
-    TU_OK(ps_conv2d_backward(Din, Dw, Db, gpu_dev(&g), In, Wt, &p, Wsg));
-    TU_OK(ps_conv2d_forward(&out, &in, &w, &b, &p, &ws));
-    TU_OK(ps_conv2d_backward(&din, &dw, &db, &g, &in, &w, &p, &ws));
+    gpu_conv_pair r;
+    if (gpu_conv_pair_run(&r, 2, 8, 12, 10, 16, 3, (ps_conv2d_params){1, 1, 1, 1})) return 1;
     const char *name = path ? "im2col" : (PANSURV_HAVE_CUDNN ? "cudnn" : "im2col");
     char s[64];
     snprintf(s, sizeof s, "bf16 conv (%s) out", name);
-    cmp(s, Out, &out, TOL_BF16_CONV, path ? MIN_BF16_EFFECT : 0); // cuDNN may pick a non-tensor-op algorithm
+    cmp(s, r.Out, &r.out, TOL_BF16_CONV, path ? MIN_BF16_EFFECT : 0); // cuDNN may pick a non-tensor-op algorithm
     snprintf(s, sizeof s, "bf16 conv (%s) din", name);
-    cmp(s, Din, &din, TOL_BF16_CONV, 0);
+    cmp(s, r.Din, &r.din, TOL_BF16_CONV, 0);
     snprintf(s, sizeof s, "bf16 conv (%s) dw", name);
-    cmp(s, Dw, &dw, TOL_BF16_CONV, 0);
+    cmp(s, r.Dw, &r.dw, TOL_BF16_CONV, 0);
     snprintf(s, sizeof s, "bf16 conv (%s) db", name);
-    cmp(s, Db, &db, 1e-5, 0); // per-channel sums in double
+    cmp(s, r.Db, &r.db, 1e-5, 0); // per-channel sums in double
   }
   unsetenv("PANSURV_CONV");
   // Back to fp32: the same GEMM is fp32-exact again.

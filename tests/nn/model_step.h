@@ -118,4 +118,20 @@ static inline void ms_compare(const char *what, const ms_result *a, const ms_res
   ms_cmp(what, "eta (eval)", a->eta_eval, ref->eta_eval, MS_B, tol);
 }
 
+// For BatchNorm and GroupNorm(2): the fused CPU step as reference, then the device-style step on
+// dev (AdamW from the reference's gradient), compared within tol. 1 when a step fails.
+static inline int ms_check_device_block(ps_device dev, const char *label, uint64_t seed, double tol) {
+  for (int groups = 0; groups <= 2; groups += 2) {
+    const char *what = groups ? "groupnorm(2)" : "batchnorm";
+    ms_result ref, got;
+    TU_OK(ms_run(PS_CPU, false, groups, seed, NULL, &ref));
+    TU_OK(ms_run(dev, true, groups, seed, ref.grad, &got));
+    printf("%s: %s\n", what, label);
+    ms_compare(what, &got, &ref, tol);
+    ms_free(&ref);
+    ms_free(&got);
+  }
+  return 0;
+}
+
 #endif

@@ -20,16 +20,7 @@
 
 int main(void) {
   uint64_t seed = ps_tu_seed("nn_model_device_block", 5);
-  for (int groups = 0; groups <= 2; groups += 2) {
-    ms_result fused, dev;
-    const char *what = groups ? "groupnorm(2)" : "batchnorm";
-    TU_OK(ms_run(PS_CPU, false, groups, seed, NULL, &fused));
-    TU_OK(ms_run(PS_CPU, true, groups, seed, fused.grad, &dev)); // AdamW on the same gradient
-    printf("%s: device-style block vs fused block\n", what);
-    ms_compare(what, &dev, &fused, TOL);
-    ms_free(&fused);
-    ms_free(&dev);
-  }
+  if (ms_check_device_block(PS_CPU, "device-style block vs fused block", seed, TOL)) return 1;
   // Download/upload round trip of a parameter table (whole arena, values and gradients).
   {
     ps_model_config cfg;

@@ -187,6 +187,29 @@ static void conv_bwd_ref(double *din, double *dmag, double *dw, double *wmag, co
         }
 }
 
+// The double references of one conv case for output gradient dy: out, din, dw, each with its sums
+// of |terms| (omag, dmag, wmag: the scale of the float rounding). One allocation at out; free(out).
+typedef struct {
+  double *out, *omag, *din, *dmag, *dw, *wmag;
+} conv_refs;
+
+static conv_refs conv_refs_make(const conv_ctx *c, const float *dy) {
+  const int64_t nx = ps_tensor_numel(&c->in), nw = ps_tensor_numel(&c->w), ny = ps_tensor_numel(&c->out);
+  conv_refs r;
+  r.out = malloc((size_t)(2 * ny + 2 * nx + 2 * nw) * sizeof(double));
+  TU_CHECK(r.out != NULL, "out of memory");
+  r.omag = r.out + ny, r.din = r.omag + ny, r.dmag = r.din + nx, r.dw = r.dmag + nx, r.wmag = r.dw + nw;
+  conv_ref(r.out, c);
+  conv_ctx a = *c; // sum of |terms| of each output: the same convolution of |in|, |w|, |b|
+  a.in = ot_copy(&c->in), a.w = ot_copy(&c->w), a.b = ot_copy(&c->b);
+  for (int64_t i = 0; i < nx; i++) ps_f32(&a.in)[i] = fabsf(ps_f32(&a.in)[i]);
+  for (int64_t i = 0; i < nw; i++) ps_f32(&a.w)[i] = fabsf(ps_f32(&a.w)[i]);
+  for (int64_t i = 0; i < ps_tensor_numel(&c->b); i++) ps_f32(&a.b)[i] = fabsf(ps_f32(&a.b)[i]);
+  conv_ref(r.omag, &a);
+  conv_bwd_ref(r.din, r.dmag, r.dw, r.wmag, c, dy);
+  return r;
+}
+
 // |got - want| <= tol * (sum of |terms|) + 1e-6 everywhere.
 static void expect_close_mag(const char *what, const float *got, const double *want, const double *mag, int64_t n,
                              double tol) {
@@ -233,17 +256,8 @@ static int test_conv_kernels(void) {
     conv_ctx c = conv_make(cfg[k].N, cfg[k].C, cfg[k].H, cfg[k].W, cfg[k].OC, cfg[k].KH, cfg[k].KW, cfg[k].p);
     ps_tensor dy = ot_uniform(-1, 1, c.out.ndim, c.out.shape);
     int64_t nx = ps_tensor_numel(&c.in), nw = ps_tensor_numel(&c.w), ny = ps_tensor_numel(&c.out);
-    double *ref = malloc((size_t)(2 * ny + 2 * nx + 2 * nw) * sizeof(double));
-    TU_CHECK(ref != NULL, "out of memory");
-    double *omag = ref + ny, *din = omag + ny, *dmag = din + nx, *dw = dmag + nx, *wmag = dw + nw;
-    conv_ref(ref, &c);
-    conv_ctx a = c; // sum of |terms| of each output: the same convolution of |in|, |w|, |b|
-    a.in = ot_copy(&c.in), a.w = ot_copy(&c.w), a.b = ot_copy(&c.b);
-    for (int64_t i = 0; i < nx; i++) ps_f32(&a.in)[i] = fabsf(ps_f32(&a.in)[i]);
-    for (int64_t i = 0; i < nw; i++) ps_f32(&a.w)[i] = fabsf(ps_f32(&a.w)[i]);
-    for (int64_t i = 0; i < cfg[k].OC; i++) ps_f32(&a.b)[i] = fabsf(ps_f32(&a.b)[i]);
-    conv_ref(omag, &a);
-    conv_bwd_ref(din, dmag, dw, wmag, &c, ps_f32(&dy));
+    const conv_refs rf = conv_refs_make(&c, ps_f32(&dy));
+    const double *ref = rf.out, *omag = rf.omag, *din = rf.din, *dmag = rf.dmag, *dw = rf.dw, *wmag = rf.wmag;
     for (int kern = PS_CONV_KERNEL_AUTO; kern < PS_CONV_KERNEL_COUNT; kern++) {
       if (kern == PS_CONV_KERNEL_AVX512 && !ps_conv_have_avx512()) {
         printf("  conv config %zu: no AVX-512F on this CPU, avx512 path skipped\n", k);
@@ -269,7 +283,7 @@ static int test_conv_kernels(void) {
     }
     ps_conv_force_kernel(PS_CONV_KERNEL_AUTO);
     ps_ops_set_threads(1);
-    free(ref);
+    free(rf.out);
   }
   return 0;
 }
@@ -303,17 +317,8 @@ static int test_conv_direct(void) {
     conv_ctx c = conv_make(cfg[k].N, cfg[k].C, cfg[k].H, cfg[k].W, cfg[k].OC, 3, 3, p);
     ps_tensor dy = ot_uniform(-1, 1, c.out.ndim, c.out.shape);
     int64_t nx = ps_tensor_numel(&c.in), nw = ps_tensor_numel(&c.w), ny = ps_tensor_numel(&c.out);
-    double *ref = malloc((size_t)(2 * ny + 2 * nx + 2 * nw) * sizeof(double));
-    TU_CHECK(ref != NULL, "out of memory");
-    double *omag = ref + ny, *din = omag + ny, *dmag = din + nx, *dw = dmag + nx, *wmag = dw + nw;
-    conv_ref(ref, &c);
-    conv_ctx a = c; // sum of |terms| of each output
-    a.in = ot_copy(&c.in), a.w = ot_copy(&c.w), a.b = ot_copy(&c.b);
-    for (int64_t i = 0; i < nx; i++) ps_f32(&a.in)[i] = fabsf(ps_f32(&a.in)[i]);
-    for (int64_t i = 0; i < nw; i++) ps_f32(&a.w)[i] = fabsf(ps_f32(&a.w)[i]);
-    for (int64_t i = 0; i < cfg[k].OC; i++) ps_f32(&a.b)[i] = fabsf(ps_f32(&a.b)[i]);
-    conv_ref(omag, &a);
-    conv_bwd_ref(din, dmag, dw, wmag, &c, ps_f32(&dy));
+    const conv_refs rf = conv_refs_make(&c, ps_f32(&dy));
+    const double *ref = rf.out, *omag = rf.omag, *din = rf.din, *dmag = rf.dmag, *dw = rf.dw, *wmag = rf.wmag;
     ps_tensor got[3][2]; // [path][out, dw] at 1 thread, without din
     for (size_t q = 0; q < 3; q++) {
       if (paths[q] == PS_CONV_PATH_DIRECT && !ps_conv_have_avx512())
@@ -366,7 +371,7 @@ static int test_conv_direct(void) {
     double eo = ps_tu_rel_err(ps_f32(&c.out), ps_f32(&got[2][0]), ny), ew = ps_tu_rel_err(ps_f32(&gw), ps_f32(&got[2][1]), nw);
     printf("  conv direct %zu: auto vs im2col: out rel %.2e, dw rel %.2e\n", k, eo, ew);
     TU_CHECK(eo <= 1e-5 && ew <= 1e-5, "config %zu: auto differs from im2col: out %.2e dw %.2e", k, eo, ew);
-    free(ref);
+    free(rf.out);
   }
   // The automatic choice for the reference model's layers on an AVX-512F CPU (the shapes measured
   // in docs/conv.md; the lowering everywhere without AVX-512F): {C, H, OC, fwd, dx, dw direct?}.
