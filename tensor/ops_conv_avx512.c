@@ -92,28 +92,32 @@ PS_AVX512 void ps_conv_gemm_nt_avx512(int64_t M, int64_t N, int64_t K, const flo
 }
 
 // ---- direct 3x3 "same" convolution, few input channels (layouts: ops_conv_direct.c) --------------
-// Forward register tile: FD_R 16-pixel output vectors (consecutive in the
+// Forward register tile: R = 3 16-pixel output vectors (consecutive in the
 // image's row-major order, so a tile may span rows) x OB output channels = 24
-// accumulators; per tap FD_R unaligned loads of the padded input, OB weight
+// accumulators; per tap R unaligned loads of the padded input, OB weight
 // broadcasts from the packed weights, 24 FMAs. Output vectors outer and
 // channel tiles inner: the few padded input rows a tile reads stay in L1.
+// When the image's vector count is not a multiple of 3, the last 2 or 4
+// vectors go in tiles of 2 (a 16x16 image has 16 vectors: 4 tiles of 3 and 2
+// of 2, instead of 6 of 3 of which 2 slots compute nothing). Each output's
+// sum runs over (c, kh, kw) in the same order in every tile size.
 enum { FD_R = 3, DOB = PS_CONV_DIRECT_OB };
 
-// `accumulate` is a constant in each of the two instances below: a run-time test in the tile set-up made
-// GCC spill the accumulators (the forward fell from ~100 to ~76 GFLOP/s with the image in L2).
+// `accumulate` and R are constants in each instance: a run-time test in the tile set-up made GCC
+// spill the accumulators (the forward fell from ~100 to ~76 GFLOP/s with the image in L2).
 static inline __attribute__((always_inline)) PS_AVX512 void
-direct_forward(float *y, const float *xp, const float *wp, const float *b, const bool accumulate,
-               const ps_conv_direct_dims *d) {
-  const int64_t CKK = d->C * 9, plane = d->HP * d->WP, P = d->H * d->W, nvec = d->H * d->NV, WP = d->WP;
-  for (int64_t v0 = 0; v0 < nvec; v0 += FD_R) {
+forward_tiles(float *y, const float *xp, const float *wp, const float *b, const bool accumulate,
+              const ps_conv_direct_dims *d, int64_t v_begin, int64_t v_end, const int R) {
+  const int64_t CKK = d->C * 9, plane = d->HP * d->WP, P = d->H * d->W, WP = d->WP;
+  for (int64_t v0 = v_begin; v0 + R <= v_end; v0 += R) {
     const float *xs[FD_R];
     int64_t yo[FD_R];
     __mmask16 m[FD_R];
-    for (int r = 0; r < FD_R; r++) { // past the last vector: repeat it, store nothing
-      int64_t v = v0 + r < nvec ? v0 + r : nvec - 1, oh = v / d->NV, s = v % d->NV;
+    for (int r = 0; r < R; r++) {
+      int64_t v = v0 + r, oh = v / d->NV, s = v % d->NV;
       xs[r] = xp + oh * WP + s * 16;
       yo[r] = oh * d->W + s * 16;
-      m[r] = v0 + r < nvec ? tail_mask(d->W - s * 16) : 0;
+      m[r] = tail_mask(d->W - s * 16);
     }
     for (int64_t ob = 0; ob < d->OCP / DOB; ob++) {
       __m512 acc[FD_R][DOB];
@@ -121,13 +125,13 @@ direct_forward(float *y, const float *xp, const float *wp, const float *b, const
         for (int j = 0; j < DOB; j++) {
           const int64_t o = ob * DOB + j < d->OC ? ob * DOB + j : d->OC - 1;
           const __mmask16 in = ob * DOB + j < d->OC ? 0xFFFF : 0;
-          for (int r = 0; r < FD_R; r++) acc[r][j] = _mm512_maskz_loadu_ps(m[r] & in, y + o * P + yo[r]);
+          for (int r = 0; r < R; r++) acc[r][j] = _mm512_maskz_loadu_ps(m[r] & in, y + o * P + yo[r]);
         }
       else
         for (int j = 0; j < DOB; j++) {
           int64_t o = ob * DOB + j;
           __m512 bj = b && o < d->OC ? _mm512_set1_ps(b[o]) : _mm512_setzero_ps();
-          for (int r = 0; r < FD_R; r++) acc[r][j] = bj;
+          for (int r = 0; r < R; r++) acc[r][j] = bj;
         }
       const float *wt = wp + ob * CKK * DOB;
       for (int64_t c = 0; c < d->C; c++) {
@@ -137,18 +141,27 @@ direct_forward(float *y, const float *xp, const float *wp, const float *b, const
           for (int kw = 0; kw < 3; kw++) {
             const int64_t off = c * plane + kh * WP + kw;
             __m512 x[FD_R];
-            for (int r = 0; r < FD_R; r++) x[r] = _mm512_loadu_ps(xs[r] + off);
+            for (int r = 0; r < R; r++) x[r] = _mm512_loadu_ps(xs[r] + off);
             for (int j = 0; j < DOB; j++) {
               __m512 wj = _mm512_set1_ps(wt[j]);
-              for (int r = 0; r < FD_R; r++) acc[r][j] = _mm512_fmadd_ps(x[r], wj, acc[r][j]);
+              for (int r = 0; r < R; r++) acc[r][j] = _mm512_fmadd_ps(x[r], wj, acc[r][j]);
             }
             wt += DOB;
           }
       }
       for (int j = 0; j < DOB && ob * DOB + j < d->OC; j++)
-        for (int r = 0; r < FD_R; r++) _mm512_mask_storeu_ps(y + (ob * DOB + j) * P + yo[r], m[r], acc[r][j]);
+        for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(y + (ob * DOB + j) * P + yo[r], m[r], acc[r][j]);
     }
   }
+}
+
+static inline __attribute__((always_inline)) PS_AVX512 void
+direct_forward(float *y, const float *xp, const float *wp, const float *b, const bool accumulate,
+               const ps_conv_direct_dims *d) {
+  const int64_t nvec = d->H * d->NV, left = nvec % FD_R == 1 && nvec > 1 ? 4 : nvec % FD_R; // in tiles of 2
+  forward_tiles(y, xp, wp, b, accumulate, d, 0, nvec - left, FD_R);
+  if (nvec == 1) forward_tiles(y, xp, wp, b, accumulate, d, 0, 1, 1);
+  else forward_tiles(y, xp, wp, b, accumulate, d, nvec - left, nvec, 2);
 }
 
 PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const float *wp, const float *b,
@@ -163,8 +176,8 @@ PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const fl
 // in registers: the OB dout planes (OB x 16 KB at 64x64) are re-read from L2
 // by the C*3 tiles of a channel block, which measured faster than blocking
 // rows for L1 (accumulators saved and restored per block; docs/conv.md).
-PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
-                                        const ps_conv_direct_dims *d) {
+static PS_AVX512 void dw_kw_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                                   const ps_conv_direct_dims *d) {
   const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP;
   for (int64_t ob = 0; ob < d->OCP / DOB; ob++)
     for (int64_t ck = 0; ck < C3; ck++) {
@@ -193,6 +206,71 @@ PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, co
       for (int j = 0; j < DOB; j++)
         for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt + (j * 3 + kw) * 16, acc[j][kw]);
     }
+}
+
+
+// Weight-gradient tile for images of >= 2 rows: DWO output channels x all 9
+// taps of one input channel = 27 lane accumulators. It walks the padded input
+// rows r: the 3 shifted loads of row r serve the 3 kh taps (dout rows r - kh,
+// which stay in L1 between consecutive r), so per 16 pixels of a full row it
+// does 3 input loads, 3*DWO dout loads and 9*DWO FMAs, and each dout vector
+// comes from L2 once per tile rather than once per (c, kh) tile. Each
+// accumulator still adds its terms in (image, oh, 16-pixel vector) order, so
+// the lanes are those of dw_kw_tiles bit for bit.
+enum { DWO = 3 };
+
+static inline __attribute__((always_inline)) PS_AVX512 void
+dw_row(__m512 acc[DWO][3][3], const float *const gr[DWO], const float *xr, int64_t r, int64_t W, int64_t NV,
+       const int kh_lo, const int kh_hi) {
+  for (int64_t s = 0; s < NV; s++) {
+    const __mmask16 m = tail_mask(W - s * 16); // dout lanes past W load as 0
+    const __m512 x0 = _mm512_loadu_ps(xr + s * 16), x1 = _mm512_loadu_ps(xr + s * 16 + 1),
+                 x2 = _mm512_loadu_ps(xr + s * 16 + 2);
+#pragma GCC unroll 3
+    for (int kh = kh_lo; kh <= kh_hi; kh++)
+#pragma GCC unroll 3
+      for (int j = 0; j < DWO; j++) {
+        const __m512 gv = _mm512_maskz_loadu_ps(m, gr[j] + (r - kh) * W + s * 16);
+        acc[j][kh][0] = _mm512_fmadd_ps(gv, x0, acc[j][kh][0]);
+        acc[j][kh][1] = _mm512_fmadd_ps(gv, x1, acc[j][kh][1]);
+        acc[j][kh][2] = _mm512_fmadd_ps(gv, x2, acc[j][kh][2]);
+      }
+  }
+}
+
+static PS_AVX512 void dw_channel_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                                       const ps_conv_direct_dims *d) {
+  const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP, H = d->H;
+  for (int64_t o0 = 0; o0 < d->OC; o0 += DWO)
+    for (int64_t c = 0; c < d->C; c++) {
+      float *lt[DWO]; // this tile's lanes: (o, c*3 + kh, kw) at lt[j] + (kh * OB * 3 + kw) * 16
+      __m512 acc[DWO][3][3];
+      for (int j = 0; j < DWO; j++) {
+        const int64_t o = o0 + j < d->OC ? o0 + j : d->OC - 1; // past OC: computed, never stored
+        lt[j] = lanes + (((o / DOB) * C3 + c * 3) * DOB + o % DOB) * 3 * 16;
+        for (int kh = 0; kh < 3; kh++)
+          for (int kw = 0; kw < 3; kw++) acc[j][kh][kw] = _mm512_loadu_ps(lt[j] + (kh * DOB * 3 + kw) * 16);
+      }
+      for (int im = 0; im < ng; im++) {
+        const float *gr[DWO];
+        for (int j = 0; j < DWO; j++) gr[j] = gs[im] + (o0 + j < d->OC ? o0 + j : d->OC - 1) * P;
+        const float *xc = xps[im] + c * plane;
+        dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0); // padded row r feeds dout rows r - kh in [0, H)
+        dw_row(acc, gr, xc + WP, 1, d->W, d->NV, 0, 1);
+        for (int64_t r = 2; r < H; r++) dw_row(acc, gr, xc + r * WP, r, d->W, d->NV, 0, 2);
+        dw_row(acc, gr, xc + H * WP, H, d->W, d->NV, 1, 2);
+        dw_row(acc, gr, xc + (H + 1) * WP, H + 1, d->W, d->NV, 2, 2);
+      }
+      for (int j = 0; j < DWO && o0 + j < d->OC; j++)
+        for (int kh = 0; kh < 3; kh++)
+          for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt[j] + (kh * DOB * 3 + kw) * 16, acc[j][kh][kw]);
+    }
+}
+
+PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
+                                        const ps_conv_direct_dims *d) {
+  if (d->H >= 2) dw_channel_tiles(lanes, gs, xps, ng, d);
+  else dw_kw_tiles(lanes, gs, xps, ng, d);
 }
 
 #else // not x86-64 GCC/Clang: never selected

@@ -292,8 +292,10 @@ static int test_conv_kernels(void) {
 // weight gradient; ops_conv_direct.c, ops_conv_avx512.c), forced, against
 // the double reference: C = 1..4 and wider, images whose width is not a
 // multiple of the 16-pixel vector (masked tails, vectors of a register tile
-// spanning rows), tiny images, channel counts not a multiple of the
-// 8-channel tile, odd batches at 2 threads; with and without din. Then: the
+// spanning rows), tiny images (1, 2 and 3 rows: the weight gradient's row
+// walk without a middle), channel counts not a multiple of the 8-channel tile
+// or of the weight gradient's 3-channel tile, odd batches at 2 threads; with
+// and without din. Then: the
 // automatic choice per product for the reference model's layers, its results
 // match the forced lowering's, and repeated calls give the same bits.
 static int test_conv_direct(void) {
@@ -308,6 +310,8 @@ static int test_conv_direct(void) {
       {2, 4, 12, 40, 17}, // 40 = 16 + 16 + 8
       {3, 16, 6, 32, 24}, // wider input: input gradient into 16 channels (2 tiles), dout padded per image
       {2, 9, 5, 20, 10},  // 9 input channels: the input gradient's channel tile has a tail of 1
+      {2, 2, 2, 18, 7},   // 2 rows: the weight gradient's first and last rows only, no middle row
+      {5, 2, 3, 16, 4},   // 3 rows, 5 images: weight-gradient passes over 4 images and then 1
   };
   static const ps_conv_path paths[] = {PS_CONV_PATH_DIRECT, PS_CONV_PATH_DIRECT_C, PS_CONV_PATH_IM2COL};
   static const char *const pname[] = {"direct", "direct_c", "im2col"};
