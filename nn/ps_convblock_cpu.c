@@ -31,28 +31,29 @@ static void sum_sumsq_portable(const float *x, int64_t n, double *s, double *ss)
   *ss = tq;
 }
 
-static void norm_relu_pool_portable(float *po, uint8_t *am, const float *z, float sc, float sh, int64_t h,
-                                    int64_t w) {
-  const int64_t oh = h / 2, ow = w / 2;
-  for (int64_t oy = 0; oy < oh; oy++)
-    for (int64_t ox = 0; ox < ow; ox++)
-      am[oy * ow + ox] = (uint8_t)k_pool2x2_relu(&po[oy * ow + ox], z + 2 * oy * w + 2 * ox, w, sc, sh);
-}
-
 static inline const float *winner(const float *z, const uint8_t *am, int64_t oy, int64_t ox, int64_t w,
                                   int64_t ow) {
   const int bi = am[oy * ow + ox];
   return z + (2 * oy + (bi >> 1)) * w + 2 * ox + (bi & 1);
 }
 
-static void bwd_sums_portable(double *sdy, double *sdz, const float *z, const float *dp, const uint8_t *am, float sc,
-                              float sh, int64_t h, int64_t w) {
+static void norm_relu_pool_portable(float *po, uint8_t *am, float *zw, const float *z, float sc, float sh, int64_t h,
+                                    int64_t w) {
   const int64_t oh = h / 2, ow = w / 2;
+  for (int64_t oy = 0; oy < oh; oy++)
+    for (int64_t ox = 0; ox < ow; ox++) {
+      am[oy * ow + ox] = (uint8_t)k_pool2x2_relu(&po[oy * ow + ox], z + 2 * oy * w + 2 * ox, w, sc, sh);
+      zw[oy * ow + ox] = *winner(z, am, oy, ox, w, ow);
+    }
+}
+
+static void bwd_sums_portable(double *sdy, double *sdz, const float *zw, const float *dp, float sc, float sh,
+                              int64_t oh, int64_t ow) {
   double dy[LANES] = {0}, dz[LANES] = {0};
   for (int64_t oy = 0; oy < oh; oy++) {
     float ry[LANES] = {0}, rz[LANES] = {0};
     for (int64_t ox = 0; ox < ow; ox++) {
-      const float zv = *winner(z, am, oy, ox, w, ow), gv = dp[oy * ow + ox];
+      const float zv = zw[oy * ow + ox], gv = dp[oy * ow + ox];
       if (zv * sc + sh > 0.0f) {
         ry[ox % LANES] += gv;
         rz[ox % LANES] += gv * zv;
@@ -143,8 +144,8 @@ static inline __m512 CB_AVX512 affine(__m512 v, __m512 sc, __m512 sh) {
   return _mm512_add_ps(_mm512_mul_ps(v, sc), sh); // mul then add: the portable rounding
 }
 
-static void CB_AVX512 norm_relu_pool_avx512(float *po, uint8_t *am, const float *z, float scf, float shf, int64_t h,
-                                            int64_t w) {
+static void CB_AVX512 norm_relu_pool_avx512(float *po, uint8_t *am, float *zw, const float *z, float scf, float shf,
+                                            int64_t h, int64_t w) {
   const int64_t oh = h / 2, ow = w / 2;
   const __m512 sc = _mm512_set1_ps(scf), sh = _mm512_set1_ps(shf), zero = _mm512_setzero_ps();
   for (int64_t oy = 0; oy < oh; oy++)
@@ -155,13 +156,18 @@ static void CB_AVX512 norm_relu_pool_avx512(float *po, uint8_t *am, const float 
                    v3 = affine(q.o1, sc, sh);
       __m512 best = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ), v0);
       __m512i bi = _mm512_setzero_si512();
+      __m512 win = q.e0; // the winner's z
       __mmask16 k = _mm512_cmp_ps_mask(v1, best, _CMP_GT_OQ);
       best = _mm512_mask_mov_ps(best, k, v1), bi = _mm512_mask_mov_epi32(bi, k, _mm512_set1_epi32(1));
+      win = _mm512_mask_mov_ps(win, k, q.o0);
       k = _mm512_cmp_ps_mask(v2, best, _CMP_GT_OQ);
       best = _mm512_mask_mov_ps(best, k, v2), bi = _mm512_mask_mov_epi32(bi, k, _mm512_set1_epi32(2));
+      win = _mm512_mask_mov_ps(win, k, q.e1);
       k = _mm512_cmp_ps_mask(v3, best, _CMP_GT_OQ);
       best = _mm512_mask_mov_ps(best, k, v3), bi = _mm512_mask_mov_epi32(bi, k, _mm512_set1_epi32(3));
+      win = _mm512_mask_mov_ps(win, k, q.o1);
       _mm512_mask_storeu_ps(po + oy * ow + ox, m, best);
+      _mm512_mask_storeu_ps(zw + oy * ow + ox, m, win);
       _mm512_mask_cvtepi32_storeu_epi8(am + oy * ow + ox, m, bi);
     }
 }
@@ -185,21 +191,19 @@ static inline winners16 CB_AVX512 pick_winners(const windows16 *q, const uint8_t
   return r;
 }
 
-static void CB_AVX512 bwd_sums_avx512(double *sdy, double *sdz, const float *z, const float *dp, const uint8_t *am,
-                                      float scf, float shf, int64_t h, int64_t w) {
-  const int64_t oh = h / 2, ow = w / 2;
+static void CB_AVX512 bwd_sums_avx512(double *sdy, double *sdz, const float *zw, const float *dp, float scf,
+                                      float shf, int64_t oh, int64_t ow) {
   const __m512 sc = _mm512_set1_ps(scf), sh = _mm512_set1_ps(shf), zero = _mm512_setzero_ps();
   __m512d ylo = _mm512_setzero_pd(), yhi = ylo, zlo = ylo, zhi = ylo;
   for (int64_t oy = 0; oy < oh; oy++) {
     __m512 ry = zero, rz = zero;
     for (int64_t ox = 0; ox < ow; ox += LANES) {
       const __mmask16 m = tail16(ow - ox);
-      const windows16 q = load_windows(z, w, oy, ox, m);
-      const winners16 wn = pick_winners(&q, am + oy * ow + ox, m);
-      const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, affine(wn.zv, sc, sh), zero, _CMP_GT_OQ);
+      const __m512 zv = _mm512_maskz_loadu_ps(m, zw + oy * ow + ox);
+      const __mmask16 pass = _mm512_mask_cmp_ps_mask(m, affine(zv, sc, sh), zero, _CMP_GT_OQ);
       const __m512 gv = _mm512_maskz_loadu_ps(m, dp + oy * ow + ox);
       ry = _mm512_mask_add_ps(ry, pass, ry, gv);
-      rz = _mm512_mask_add_ps(rz, pass, rz, _mm512_mul_ps(gv, wn.zv));
+      rz = _mm512_mask_add_ps(rz, pass, rz, _mm512_mul_ps(gv, zv));
     }
     flush_lanes(&ylo, &yhi, ry);
     flush_lanes(&zlo, &zhi, rz);
@@ -271,13 +275,14 @@ bool ps_cb_have_avx512(void) {
 
 void ps_cb_sum_sumsq(const float *x, int64_t n, double *s, double *ss) { CB_DISPATCH(sum_sumsq, x, n, s, ss); }
 
-void ps_cb_norm_relu_pool(float *pool, uint8_t *argmax, const float *z, float sc, float sh, int64_t h, int64_t w) {
-  CB_DISPATCH(norm_relu_pool, pool, argmax, z, sc, sh, h, w);
+void ps_cb_norm_relu_pool(float *pool, uint8_t *argmax, float *zwin, const float *z, float sc, float sh, int64_t h,
+                          int64_t w) {
+  CB_DISPATCH(norm_relu_pool, pool, argmax, zwin, z, sc, sh, h, w);
 }
 
-void ps_cb_bwd_sums(double *sdy, double *sdz, const float *z, const float *dpool, const uint8_t *argmax, float sc,
-                    float sh, int64_t h, int64_t w) {
-  CB_DISPATCH(bwd_sums, sdy, sdz, z, dpool, argmax, sc, sh, h, w);
+void ps_cb_bwd_sums(double *sdy, double *sdz, const float *zwin, const float *dpool, float sc, float sh, int64_t oh,
+                    int64_t ow) {
+  CB_DISPATCH(bwd_sums, sdy, sdz, zwin, dpool, sc, sh, oh, ow);
 }
 
 void ps_cb_bwd_dz(float *dz, const float *z, const float *dpool, const uint8_t *argmax, float sc, float sh, float g,

@@ -14,13 +14,17 @@
 void ps_cb_sum_sumsq(const float *x, int64_t n, double *s, double *ss);
 
 // pool (H/2, W/2) = max over each 2x2 window of relu(z * sc + sh); argmax = the first winner's
-// index in its window (0..3, row-major), 0 when every value is <= 0.
-void ps_cb_norm_relu_pool(float *pool, uint8_t *argmax, const float *z, float sc, float sh, int64_t h, int64_t w);
+// index in its window (0..3, row-major), 0 when every value is <= 0; zwin (H/2, W/2) = the
+// winner's z, so that the backward sums read a quarter of the map.
+void ps_cb_norm_relu_pool(float *pool, uint8_t *argmax, float *zwin, const float *z, float sc, float sh, int64_t h,
+                          int64_t w);
 
-// BatchNorm backward sums of dy = unpool(dpool) * relu'(z * sc + sh): *sdy = sum dy,
-// *sdz = sum dy * z. Per output row, 16 float lanes (lane = column mod 16), flushed to double.
-void ps_cb_bwd_sums(double *sdy, double *sdz, const float *z, const float *dpool, const uint8_t *argmax, float sc,
-                    float sh, int64_t h, int64_t w);
+// BatchNorm backward sums over one pooled plane (OH, OW) of the winners' z (zwin) and dpool:
+// dy = dpool where zwin * sc + sh > 0 (the ReLU passes), else 0; *sdy = sum dy, *sdz = sum dy * zwin
+// (only winners carry gradient). Per pooled row, 16 float lanes (lane = column mod 16), flushed to
+// double.
+void ps_cb_bwd_sums(double *sdy, double *sdz, const float *zwin, const float *dpool, float sc, float sh, int64_t oh,
+                    int64_t ow);
 
 // dz (H, W) = c0 + c1 * z, plus g * dpool at each window's winner that passes the ReLU.
 void ps_cb_bwd_dz(float *dz, const float *z, const float *dpool, const uint8_t *argmax, float sc, float sh, float g,

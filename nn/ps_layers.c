@@ -250,8 +250,8 @@ static int64_t block_chunk(const ps_nn_convblock_scratch *s, int64_t tile_floats
   return ck > s->chunk ? ck : s->chunk;
 }
 
-ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *mean, float *rstd,
-                                  const float *in, const float *w, const float *gamma, const float *beta,
+ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *zwin, float *mean,
+                                  float *rstd, const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
   const int64_t n = d->n, c = d->c, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
@@ -307,7 +307,7 @@ ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, fl
       int64_t si = o->groups > 0 ? i * o->groups + j / (oc / o->groups) : j; // statistics index
       float sc = gamma[j] * rstd[si], sh = beta[j] - mean[si] * sc;
       const int64_t off = (i * oc + j) * hw;
-      ps_cb_norm_relu_pool(pool_out + off / 4, argmax + off / 4, z + off, sc, sh, h, wd);
+      ps_cb_norm_relu_pool(pool_out + off / 4, argmax + off / 4, zwin + off / 4, z + off, sc, sh, h, wd);
     }
   return PS_OK;
 }
@@ -398,16 +398,17 @@ static ps_status groupnorm_block_backward(float *din, float *dw, float *dgamma, 
 }
 
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
-                                   const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
-                                   const float *in, const float *w, const float *gamma, const float *beta,
-                                   const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s) {
+                                   const uint8_t *argmax, const float *z, const float *zwin, const float *mean,
+                                   const float *rstd, const float *in, const float *w, const float *gamma,
+                                   const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                   ps_nn_convblock_scratch *s) {
   const int64_t n = d->n, oc = d->oc, h = d->h, wd = d->w, hw = h * wd;
   int nth = omp_get_max_threads();
   memset(s->stats, 0, (size_t)(nth * (2 * oc + 1)) * sizeof(double));
   if (o->groups > 0) return groupnorm_block_backward(din, dw, dgamma, dbeta, gz, dpool, argmax, z, mean, rstd, in, w,
                                                      gamma, beta, d, o, s);
   // 1. Local BN sums of dy = unpool(dpool) * relu'(.): only the pooled winners carry gradient,
-  //    so nothing of size (N, OC, H, W) is written here.
+  //    so these read the winners' z (a quarter of the map) and write nothing of size (N, OC, H, W).
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     double *st = s->stats + omp_get_thread_num() * (2 * oc + 1);
@@ -415,7 +416,7 @@ ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *
       float sc = gamma[j] * rstd[j], sh = beta[j] - mean[j] * sc;
       const int64_t off = (i * oc + j) * hw;
       double sdy, sdz; // sum dy, sum dy * z
-      ps_cb_bwd_sums(&sdy, &sdz, z + off, dpool + off / 4, argmax + off / 4, sc, sh, h, wd);
+      ps_cb_bwd_sums(&sdy, &sdz, zwin + off / 4, dpool + off / 4, sc, sh, h / 2, wd / 2);
       st[j] += sdy;
       st[oc + j] += (sdz - (double)mean[j] * sdy) * (double)rstd[j]; // sum dy * xhat
     }

@@ -105,7 +105,8 @@ void ps_nn_maxpool2d_backward(float *din, const float *dout, const uint8_t *argm
 
 // ---- Conv block: conv3x3 (no bias) -> BatchNorm2d (sync) or GroupNorm -> ReLU -> 2x2 max-pool ----
 // The tile CNN's unit, fused so that the normalized map is never stored:
-// z (N, OC, H, W) is kept; backward recomputes the ReLU mask from z.
+// z (N, OC, H, W) is kept, and zwin (N, OC, H/2, W/2), the z of each pooling window's winner:
+// backward recomputes the ReLU mask from them (the BatchNorm sums read zwin only).
 // mean, rstd: (OC) for BatchNorm, (N, groups) for GroupNorm (running_* unused then).
 typedef struct {
   int64_t n, c, oc, h, w; // input (N, C, H, W); output (N, OC, H/2, W/2)
@@ -122,16 +123,17 @@ typedef struct {
 int64_t ps_nn_convblock_chunk(void);
 // ps_conv2d workspace floats for one chunk of a block; planned once into the activation arena.
 int64_t ps_nn_convblock_ws_floats(const ps_nn_convblock_dims *d, int64_t chunk);
-ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *mean, float *rstd,
-                                  const float *in, const float *w, const float *gamma, const float *beta,
+ps_status ps_nn_convblock_forward(float *pool_out, uint8_t *argmax, float *z, float *zwin, float *mean,
+                                  float *rstd, const float *in, const float *w, const float *gamma, const float *beta,
                                   float *running_mean, float *running_var, const ps_nn_convblock_dims *d,
                                   const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
 // dpool (N, OC, H/2, W/2) in; gz: s->chunk * OC*H*W floats of scratch; din (N, C, H, W)
 // accumulated when non-NULL.
 ps_status ps_nn_convblock_backward(float *din, float *dw, float *dgamma, float *dbeta, float *gz, const float *dpool,
-                                   const uint8_t *argmax, const float *z, const float *mean, const float *rstd,
-                                   const float *in, const float *w, const float *gamma, const float *beta,
-                                   const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o, ps_nn_convblock_scratch *s);
+                                   const uint8_t *argmax, const float *z, const float *zwin, const float *mean,
+                                   const float *rstd, const float *in, const float *w, const float *gamma,
+                                   const float *beta, const ps_nn_convblock_dims *d, const ps_nn_bn_opts *o,
+                                   ps_nn_convblock_scratch *s);
 
 // ---- Device-style conv block (the CUDA path; runs on the host executor too, for tests) ----------
 // Same math and outputs as the fused block, organised for a GPU: tensor's conv on the whole tile

@@ -127,6 +127,7 @@ struct ps_model {
   int64_t *s_off, *s_off_h;        // (B+1) tile offsets
   float *s_x0, *s_x0_h;            // (B*K, 3, S, S) or (B*K, F) gathered valid tiles (+ staging)
   float *s_z[3], *s_p[3];          // block pre-BN maps and pooled outputs
+  float *s_zw[3];                  // fused CPU block: the pooling winners' pre-BN values
   uint8_t *s_am[3];
   float *s_mean[3], *s_rstd[3];    // (OC) BatchNorm, (NT, groups) GroupNorm
   float *s_h;                      // (B*K, D) tile embeddings
@@ -465,6 +466,7 @@ static void plan_pass(ps_model *m, planner *p) {
         m->s_z[i] = TAKE_F(p, NT * oc * h * h);
         m->s_p[i] = TAKE_F(p, NT * oc * (h / 2) * (h / 2));
         m->s_am[i] = take(p, (size_t)(NT * oc * (h / 2) * (h / 2)));
+        m->s_zw[i] = m->device_block ? NULL : TAKE_F(p, NT * oc * (h / 2) * (h / 2));
         int64_t nstat = groups > 0 ? NT * groups : oc; // GN: per tile and group
         m->s_mean[i] = TAKE_F(p, nstat);
         m->s_rstd[i] = TAKE_F(p, nstat);
@@ -787,8 +789,9 @@ static ps_status forward_slide(ps_model *m, const ps_model_batch *in) {
         PS_TRY(ps_nn_convblock_forward_ex(EX, m->s_p[i], m->s_am[i], m->s_z[i], m->s_mean[i], m->s_rstd[i], x,
                                           PD(m->convw[i]), PD(m->bng[i]), PD(m->bnb[i]), rm, rv, &d, &bo, &m->s_dscr));
       else
-        PS_TRY(ps_nn_convblock_forward(m->s_p[i], m->s_am[i], m->s_z[i], m->s_mean[i], m->s_rstd[i], x,
-                                       PD(m->convw[i]), PD(m->bng[i]), PD(m->bnb[i]), rm, rv, &d, &bo, &m->s_scr));
+        PS_TRY(ps_nn_convblock_forward(m->s_p[i], m->s_am[i], m->s_z[i], m->s_zw[i], m->s_mean[i], m->s_rstd[i],
+                                       x, PD(m->convw[i]), PD(m->bng[i]), PD(m->bnb[i]), rm, rv, &d, &bo,
+                                       &m->s_scr));
       double fl = 2.0 * nt * c->cnn_ch[i] * cin * 9 * h * h;
       m->fl_fwd[PS_MT_CONV1 + i] = fl;
       m->fl_bwd[PS_MT_CONV1 + i] = i == 0 ? fl : 2 * fl;
@@ -985,8 +988,8 @@ static ps_status backward_slide(ps_model *m, ps_grad_ready_fn hook, void *hctx) 
                                          PD(m->bnb[i]), &d, &bo, &m->s_dscr));
     else
       PS_TRY(ps_nn_convblock_backward(din, PG(m->convw[i]), PG(m->bng[i]), PG(m->bnb[i]), m->s_gz, dp, m->s_am[i],
-                                      m->s_z[i], m->s_mean[i], m->s_rstd[i], bin, PD(m->convw[i]), PD(m->bng[i]),
-                                      PD(m->bnb[i]), &d, &bo, &m->s_scr));
+                                      m->s_z[i], m->s_zw[i], m->s_mean[i], m->s_rstd[i], bin, PD(m->convw[i]),
+                                      PD(m->bng[i]), PD(m->bnb[i]), &d, &bo, &m->s_scr));
     ready(m, hook, hctx, m->grp_conv[i]);
     float *tmp = dp;
     dp = dnext;

@@ -55,9 +55,10 @@ static int run_case(const char *what, bool training, int groups, bool reducer, u
   float *rmp[2] = {groups ? NULL : rm[0], groups ? NULL : rm[1]}, *rvp[2] = {groups ? NULL : rv[0], groups ? NULL : rv[1]};
   // fused
   ps_nn_convblock_scratch fs = convblock_scratch_alloc(&d);
-  TU_OK(ps_nn_convblock_forward(po[0], am[0], z[0], mean[0], rstd[0], x, w, g, b, rmp[0], rvp[0], &d, &o, &fs));
-  TU_OK(ps_nn_convblock_backward(dx[0], dw[0], dg[0], db[0], fs.gz, dp, am[0], z[0], mean[0], rstd[0], x, w, g, b, &d,
-                                 &o, &fs));
+  float *zw = zalloc(np * 4);
+  TU_OK(ps_nn_convblock_forward(po[0], am[0], z[0], zw, mean[0], rstd[0], x, w, g, b, rmp[0], rvp[0], &d, &o, &fs));
+  TU_OK(ps_nn_convblock_backward(dx[0], dw[0], dg[0], db[0], fs.gz, dp, am[0], z[0], zw, mean[0], rstd[0], x, w, g, b,
+                                 &d, &o, &fs));
   // device-style on the host executor
   const ps_nn_exec ex = {PS_CPU};
   ps_nn_convblock_dev_scratch ds = {0};
@@ -98,6 +99,7 @@ static int run_case(const char *what, bool training, int groups, bool reducer, u
     free(dx[k]), free(dw[k]), free(dg[k]), free(db[k]);
   }
   convblock_scratch_free(&fs);
+  free(zw);
   free(ds.gz), free(ds.ws), free(ds.part), free(ds.stats), free(ds.chan_h), free(ds.gn_ab);
   free(x), free(w), free(g), free(b), free(dp);
   return 0;

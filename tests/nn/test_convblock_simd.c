@@ -32,15 +32,15 @@ static int64_t count_ne(const float *a, const float *b, int64_t n) {
 }
 
 typedef struct {
-  float *pool, *dz;
+  float *pool, *zwin, *dz;
   uint8_t *am;
   double s, ss, sdy, sdz;
 } plane_out;
 
 static void run_plane(plane_out *o, const float *z, const float *dp, int64_t h, int64_t w, float sc, float sh) {
   ps_cb_sum_sumsq(z, h * w, &o->s, &o->ss);
-  ps_cb_norm_relu_pool(o->pool, o->am, z, sc, sh, h, w);
-  ps_cb_bwd_sums(&o->sdy, &o->sdz, z, dp, o->am, sc, sh, h, w);
+  ps_cb_norm_relu_pool(o->pool, o->am, o->zwin, z, sc, sh, h, w);
+  ps_cb_bwd_sums(&o->sdy, &o->sdz, o->zwin, dp, sc, sh, h / 2, w / 2);
   ps_cb_bwd_dz(o->dz, z, dp, o->am, sc, sh, 0.75f * sc, -0.125f, 0.0625f * sc, h, w);
 }
 
@@ -50,7 +50,8 @@ static int check_plane(int64_t h, int64_t w, float sc, float sh, uint64_t seed, 
   fill_tied(z, n, seed, 1);
   ps_tu_fill_uniform(dp, np, -1.0f, 1.0f, seed, 2);
   plane_out r[2];
-  for (int k = 0; k < 2; k++) r[k].pool = zalloc(np * 4), r[k].dz = zalloc(n * 4), r[k].am = zalloc(np);
+  for (int k = 0; k < 2; k++)
+    r[k].pool = zalloc(np * 4), r[k].zwin = zalloc(np * 4), r[k].dz = zalloc(n * 4), r[k].am = zalloc(np);
   ps_cb_force_portable(true);
   run_plane(&r[0], z, dp, h, w, sc, sh);
   // 1. portable against brute force
@@ -65,8 +66,8 @@ static int check_plane(int64_t h, int64_t w, float sc, float sh, uint64_t seed, 
         float v = z[(2 * oy + k / 2) * w + 2 * ox + k % 2] * sc + sh;
         if (k == 0 ? v > 0.0f : v > best) best = v, bi = k;
       }
-      bad_pool += r[0].pool[oy * ow + ox] != best || r[0].am[oy * ow + ox] != bi;
       const float zv = z[(2 * oy + bi / 2) * w + 2 * ox + bi % 2];
+      bad_pool += r[0].pool[oy * ow + ox] != best || r[0].am[oy * ow + ox] != bi || r[0].zwin[oy * ow + ox] != zv;
       if (zv * sc + sh > 0.0f) bdy += dp[oy * ow + ox], bdz += (double)dp[oy * ow + ox] * zv;
     }
   for (int64_t y = 0; y < h; y++)
@@ -78,7 +79,7 @@ static int check_plane(int64_t h, int64_t w, float sc, float sh, uint64_t seed, 
     }
   const double tol = 1e-5;
 #define NEAR(a, b, scale) (fabs((a) - (b)) <= tol * (scale) + 1e-12)
-  TU_CHECK(bad_pool == 0, "%lldx%lld sc %g: %lld pooled values/argmax differ from brute force", (long long)h,
+  TU_CHECK(bad_pool == 0, "%lldx%lld sc %g: %lld pooled values/argmax/winner z differ from brute force", (long long)h,
            (long long)w, sc, (long long)bad_pool);
   TU_CHECK(bad_dz == 0, "%lldx%lld sc %g: %lld dz values differ from brute force", (long long)h, (long long)w, sc,
            (long long)bad_dz);
@@ -91,8 +92,8 @@ static int check_plane(int64_t h, int64_t w, float sc, float sh, uint64_t seed, 
   if (have_avx512) {
     ps_cb_force_portable(false);
     run_plane(&r[1], z, dp, h, w, sc, sh);
-    const int64_t ne = count_ne(r[0].pool, r[1].pool, np) + count_ne(r[0].dz, r[1].dz, n) +
-                       (memcmp(r[0].am, r[1].am, (size_t)np) != 0);
+    const int64_t ne = count_ne(r[0].pool, r[1].pool, np) + count_ne(r[0].zwin, r[1].zwin, np) +
+                       count_ne(r[0].dz, r[1].dz, n) + (memcmp(r[0].am, r[1].am, (size_t)np) != 0);
     TU_CHECK(ne == 0, "%lldx%lld sc %g: %lld outputs of AVX-512 differ from portable", (long long)h, (long long)w,
              sc, (long long)ne);
     TU_CHECK(r[0].s == r[1].s && r[0].ss == r[1].ss && r[0].sdy == r[1].sdy && r[0].sdz == r[1].sdz,
@@ -100,7 +101,7 @@ static int check_plane(int64_t h, int64_t w, float sc, float sh, uint64_t seed, 
              (long long)h, (long long)w, sc, r[1].s, r[1].ss, r[1].sdy, r[1].sdz, r[0].s, r[0].ss, r[0].sdy,
              r[0].sdz);
   }
-  for (int k = 0; k < 2; k++) free(r[k].pool), free(r[k].dz), free(r[k].am);
+  for (int k = 0; k < 2; k++) free(r[k].pool), free(r[k].zwin), free(r[k].dz), free(r[k].am);
   free(z), free(dp);
   return 0;
 }
@@ -115,19 +116,20 @@ static int check_block(const ps_nn_convblock_dims d, bool training, uint64_t see
   ps_tu_fill_uniform(g, oc, -1.5f, 1.5f, seed, 3); // negative scales too
   ps_tu_fill_uniform(b, oc, -0.2f, 0.2f, seed, 4);
   ps_tu_fill_uniform(dp, np, -1, 1, seed, 5);
-  float *po[2], *z[2], *mean[2], *rstd[2], *rm[2], *rv[2], *dx[2], *dw[2], *dg[2], *db[2];
+  float *po[2], *z[2], *zw[2], *mean[2], *rstd[2], *rm[2], *rv[2], *dx[2], *dw[2], *dg[2], *db[2];
   uint8_t *am[2];
   ps_nn_convblock_scratch s = convblock_scratch_alloc(&d);
   for (int k = 0; k < 2; k++) { // [0] portable, [1] AVX-512
-    po[k] = zalloc(np * 4), z[k] = zalloc(n * oc * hw * 4), am[k] = zalloc(np);
+    po[k] = zalloc(np * 4), z[k] = zalloc(n * oc * hw * 4), zw[k] = zalloc(np * 4), am[k] = zalloc(np);
     mean[k] = zalloc(oc * 4), rstd[k] = zalloc(oc * 4), rm[k] = zalloc(oc * 4), rv[k] = zalloc(oc * 4);
     dx[k] = zalloc(n * c * hw * 4), dw[k] = zalloc(oc * c * 9 * 4), dg[k] = zalloc(oc * 4), db[k] = zalloc(oc * 4);
     ps_tu_fill_uniform(rm[k], oc, -0.1f, 0.1f, seed, 6);
     ps_tu_fill_uniform(rv[k], oc, 0.5f, 1.5f, seed, 7);
     ps_cb_force_portable(k == 0);
-    TU_OK(ps_nn_convblock_forward(po[k], am[k], z[k], mean[k], rstd[k], x, w, g, b, rm[k], rv[k], &d, &o, &s));
-    TU_OK(ps_nn_convblock_backward(dx[k], dw[k], dg[k], db[k], s.gz, dp, am[k], z[k], mean[k], rstd[k], x, w, g, b,
-                                   &d, &o, &s));
+    TU_OK(ps_nn_convblock_forward(po[k], am[k], z[k], zw[k], mean[k], rstd[k], x, w, g, b, rm[k], rv[k], &d, &o,
+                                  &s));
+    TU_OK(ps_nn_convblock_backward(dx[k], dw[k], dg[k], db[k], s.gz, dp, am[k], z[k], zw[k], mean[k], rstd[k], x, w,
+                                   g, b, &d, &o, &s));
   }
   ps_cb_force_portable(false);
   const int64_t ne[] = {count_ne(po[0], po[1], np), memcmp(am[0], am[1], (size_t)np) != 0,
@@ -146,7 +148,7 @@ static int check_block(const ps_nn_convblock_dims d, bool training, uint64_t see
   for (int64_t i = 0; i < n * c * hw; i++) sdx += fabs(dx[0][i]);
   TU_CHECK(sdx > 0, "block: din is all zero (the comparison would be vacuous)");
   for (int k = 0; k < 2; k++) {
-    free(po[k]), free(z[k]), free(am[k]), free(mean[k]), free(rstd[k]), free(rm[k]), free(rv[k]);
+    free(po[k]), free(z[k]), free(zw[k]), free(am[k]), free(mean[k]), free(rstd[k]), free(rm[k]), free(rv[k]);
     free(dx[k]), free(dw[k]), free(dg[k]), free(db[k]);
   }
   convblock_scratch_free(&s);

@@ -184,7 +184,7 @@ static void test_pools(void) {
 
 // ---- fused conv block ----------------------------------------------------------------------------
 typedef struct {
-  float *x, *w, *g, *b, *z, *mean, *rstd, *rm, *rv;
+  float *x, *w, *g, *b, *z, *zw, *mean, *rstd, *rm, *rv;
   uint8_t *am;
   ps_nn_convblock_dims d;
   ps_nn_bn_opts o;
@@ -192,8 +192,8 @@ typedef struct {
 } cb_t;
 static void cb_f(void *p, float *out) {
   cb_t *c = p;
-  ps_nn_convblock_forward(out, c->am, c->z, c->mean, c->rstd, c->x, c->w, c->g, c->b, c->rm, c->rv, &c->d, &c->o,
-                          &c->s);
+  ps_nn_convblock_forward(out, c->am, c->z, c->zw, c->mean, c->rstd, c->x, c->w, c->g, c->b, c->rm, c->rv, &c->d,
+                          &c->o, &c->s);
 }
 static void test_convblock(bool training, int groups) {
   ps_nn_convblock_dims d = {3, 2, 4, 6, 6};
@@ -203,6 +203,7 @@ static void test_convblock(bool training, int groups) {
             rnd(4, 0.5f, 1.5f, 23),
             rnd(4, -0.5f, 0.5f, 24),
             zeros(nz),
+            zeros(no),
             zeros(16),
             zeros(16),
             rnd(4, -0.2f, 0.2f, 25),
@@ -219,8 +220,8 @@ static void test_convblock(bool training, int groups) {
   c.s.stats = calloc((size_t)omp_get_max_threads() * 9, sizeof(double));
   float *out = zeros(no), *r = rnd(no, -1, 1, 27), *dx = zeros(nx), *dw = zeros(nw), *dg = zeros(4), *db = zeros(4);
   cb_f(&c, out);
-  TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, c.s.gz, r, c.am, c.z, c.mean, c.rstd, c.x, c.w, c.g, c.b, &d, &c.o,
-                                   &c.s));
+  TU_OK_V(ps_nn_convblock_backward(dx, dw, dg, db, c.s.gz, r, c.am, c.z, c.zw, c.mean, c.rstd, c.x, c.w, c.g, c.b,
+                                   &d, &c.o, &c.s));
   lctx l = {cb_f, &c, out, r, no};
   const char *m = groups ? "groupnorm" : training ? "train" : "eval";
   char nm[64];
@@ -232,7 +233,7 @@ static void test_convblock(bool training, int groups) {
   check(nm, c.g, dg, 4, &l);
   snprintf(nm, sizeof nm, "convblock_%s.beta", m);
   check(nm, c.b, db, 4, &l);
-  free(c.x), free(c.w), free(c.g), free(c.b), free(c.z), free(c.mean), free(c.rstd), free(c.rm), free(c.rv), free(c.am);
+  free(c.x), free(c.w), free(c.g), free(c.b), free(c.z), free(c.zw), free(c.mean), free(c.rstd), free(c.rm), free(c.rv), free(c.am);
   free(c.s.gz), free(c.s.ws), free(c.s.stats), free(out), free(r), free(dx), free(dw), free(dg), free(db);
 }
 
