@@ -208,7 +208,6 @@ static PS_AVX512 void dw_kw_tiles(float *lanes, const float *const *gs, const fl
     }
 }
 
-
 // Weight-gradient tile for images of >= 2 rows: DWO output channels x all 9
 // taps of one input channel = 27 lane accumulators. It walks the padded input
 // rows r: the 3 shifted loads of row r serve the 3 kh taps (dout rows r - kh,
@@ -216,12 +215,13 @@ static PS_AVX512 void dw_kw_tiles(float *lanes, const float *const *gs, const fl
 // does 3 input loads, 3*DWO dout loads and 9*DWO FMAs, and each dout vector
 // comes from L2 once per tile rather than once per (c, kh) tile. Each
 // accumulator still adds its terms in (image, oh, 16-pixel vector) order, so
-// the lanes are those of dw_kw_tiles bit for bit.
+// the lanes are those of dw_kw_tiles bit for bit. The last OC % 3 channels
+// go in a tile of that many (O, a constant per instance).
 enum { DWO = 3 };
 
 static inline __attribute__((always_inline)) PS_AVX512 void
 dw_row(__m512 acc[DWO][3][3], const float *const gr[DWO], const float *xr, int64_t r, int64_t W, int64_t NV,
-       const int kh_lo, const int kh_hi) {
+       const int kh_lo, const int kh_hi, const int O) {
   for (int64_t s = 0; s < NV; s++) {
     const __mmask16 m = tail_mask(W - s * 16); // dout lanes past W load as 0
     const __m512 x0 = _mm512_loadu_ps(xr + s * 16), x1 = _mm512_loadu_ps(xr + s * 16 + 1),
@@ -229,7 +229,7 @@ dw_row(__m512 acc[DWO][3][3], const float *const gr[DWO], const float *xr, int64
 #pragma GCC unroll 3
     for (int kh = kh_lo; kh <= kh_hi; kh++)
 #pragma GCC unroll 3
-      for (int j = 0; j < DWO; j++) {
+      for (int j = 0; j < O; j++) {
         const __m512 gv = _mm512_maskz_loadu_ps(m, gr[j] + (r - kh) * W + s * 16);
         acc[j][kh][0] = _mm512_fmadd_ps(gv, x0, acc[j][kh][0]);
         acc[j][kh][1] = _mm512_fmadd_ps(gv, x1, acc[j][kh][1]);
@@ -238,30 +238,32 @@ dw_row(__m512 acc[DWO][3][3], const float *const gr[DWO], const float *xr, int64
   }
 }
 
-static PS_AVX512 void dw_channel_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng,
-                                       const ps_conv_direct_dims *d) {
+// Output channels [o_begin, o_end) in tiles of O.
+static inline __attribute__((always_inline)) PS_AVX512 void
+dw_channel_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng, const ps_conv_direct_dims *d,
+                 int64_t o_begin, int64_t o_end, const int O) {
   const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP, H = d->H;
-  for (int64_t o0 = 0; o0 < d->OC; o0 += DWO)
+  for (int64_t o0 = o_begin; o0 + O <= o_end; o0 += O)
     for (int64_t c = 0; c < d->C; c++) {
       float *lt[DWO]; // this tile's lanes: (o, c*3 + kh, kw) at lt[j] + (kh * OB * 3 + kw) * 16
       __m512 acc[DWO][3][3];
-      for (int j = 0; j < DWO; j++) {
-        const int64_t o = o0 + j < d->OC ? o0 + j : d->OC - 1; // past OC: computed, never stored
+      for (int j = 0; j < O; j++) {
+        const int64_t o = o0 + j;
         lt[j] = lanes + (((o / DOB) * C3 + c * 3) * DOB + o % DOB) * 3 * 16;
         for (int kh = 0; kh < 3; kh++)
           for (int kw = 0; kw < 3; kw++) acc[j][kh][kw] = _mm512_loadu_ps(lt[j] + (kh * DOB * 3 + kw) * 16);
       }
       for (int im = 0; im < ng; im++) {
         const float *gr[DWO];
-        for (int j = 0; j < DWO; j++) gr[j] = gs[im] + (o0 + j < d->OC ? o0 + j : d->OC - 1) * P;
+        for (int j = 0; j < O; j++) gr[j] = gs[im] + (o0 + j) * P;
         const float *xc = xps[im] + c * plane;
-        dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0); // padded row r feeds dout rows r - kh in [0, H)
-        dw_row(acc, gr, xc + WP, 1, d->W, d->NV, 0, 1);
-        for (int64_t r = 2; r < H; r++) dw_row(acc, gr, xc + r * WP, r, d->W, d->NV, 0, 2);
-        dw_row(acc, gr, xc + H * WP, H, d->W, d->NV, 1, 2);
-        dw_row(acc, gr, xc + (H + 1) * WP, H + 1, d->W, d->NV, 2, 2);
+        dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0, O); // padded row r feeds dout rows r - kh in [0, H)
+        dw_row(acc, gr, xc + WP, 1, d->W, d->NV, 0, 1, O);
+        for (int64_t r = 2; r < H; r++) dw_row(acc, gr, xc + r * WP, r, d->W, d->NV, 0, 2, O);
+        dw_row(acc, gr, xc + H * WP, H, d->W, d->NV, 1, 2, O);
+        dw_row(acc, gr, xc + (H + 1) * WP, H + 1, d->W, d->NV, 2, 2, O);
       }
-      for (int j = 0; j < DWO && o0 + j < d->OC; j++)
+      for (int j = 0; j < O; j++)
         for (int kh = 0; kh < 3; kh++)
           for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt[j] + (kh * DOB * 3 + kw) * 16, acc[j][kh][kw]);
     }
@@ -269,8 +271,14 @@ static PS_AVX512 void dw_channel_tiles(float *lanes, const float *const *gs, con
 
 PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
                                         const ps_conv_direct_dims *d) {
-  if (d->H >= 2) dw_channel_tiles(lanes, gs, xps, ng, d);
-  else dw_kw_tiles(lanes, gs, xps, ng, d);
+  if (d->H < 2) {
+    dw_kw_tiles(lanes, gs, xps, ng, d);
+    return;
+  }
+  const int64_t tail = d->OC % DWO;
+  dw_channel_tiles(lanes, gs, xps, ng, d, 0, d->OC - tail, DWO);
+  if (tail == 2) dw_channel_tiles(lanes, gs, xps, ng, d, d->OC - 2, d->OC, 2);
+  if (tail == 1) dw_channel_tiles(lanes, gs, xps, ng, d, d->OC - 1, d->OC, 1);
 }
 
 #else // not x86-64 GCC/Clang: never selected
