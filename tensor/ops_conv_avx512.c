@@ -170,12 +170,11 @@ PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const fl
   else direct_forward(y, xp, wp, b, false, d);
 }
 
-// Weight-gradient register tile: OB output channels x the 3 kw taps of one
-// (c, kh) = 24 lane accumulators; per 16 pixels 8 dout loads, 3 shifted input
-// loads, 24 FMAs. Each tile passes over the whole image with its accumulators
-// in registers: the OB dout planes (OB x 16 KB at 64x64) are re-read from L2
-// by the C*3 tiles of a channel block, which measured faster than blocking
-// rows for L1 (accumulators saved and restored per block; docs/conv.md).
+// Weight-gradient register tile for images of one row (dw_channel_tiles below
+// takes every taller image): OB output channels x the 3 kw taps of one (c, kh)
+// = 24 lane accumulators; per 16 pixels 8 dout loads, 3 shifted input loads,
+// 24 FMAs. Each tile passes over the whole image with its accumulators in
+// registers.
 static PS_AVX512 void dw_kw_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng,
                                    const ps_conv_direct_dims *d) {
   const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP;
