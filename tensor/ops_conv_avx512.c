@@ -170,52 +170,14 @@ PS_AVX512 void ps_conv_direct_forward_avx512(float *y, const float *xp, const fl
   else direct_forward(y, xp, wp, b, false, d);
 }
 
-// Weight-gradient register tile for images of one row (dw_channel_tiles below
-// takes every taller image): OB output channels x the 3 kw taps of one (c, kh)
-// = 24 lane accumulators; per 16 pixels 8 dout loads, 3 shifted input loads,
-// 24 FMAs. Each tile passes over the whole image with its accumulators in
-// registers.
-static PS_AVX512 void dw_kw_tiles(float *lanes, const float *const *gs, const float *const *xps, int ng,
-                                   const ps_conv_direct_dims *d) {
-  const int64_t plane = d->HP * d->WP, P = d->H * d->W, C3 = d->C * 3, WP = d->WP;
-  for (int64_t ob = 0; ob < d->OCP / DOB; ob++)
-    for (int64_t ck = 0; ck < C3; ck++) {
-      float *lt = lanes + (ob * C3 + ck) * DOB * 3 * 16;
-      __m512 acc[DOB][3];
-      for (int j = 0; j < DOB; j++)
-        for (int kw = 0; kw < 3; kw++) acc[j][kw] = _mm512_loadu_ps(lt + (j * 3 + kw) * 16);
-      for (int im = 0; im < ng; im++) {
-      const float *gr[DOB]; // channels past OC repeat the last one; their lanes are never reduced
-      for (int j = 0; j < DOB; j++) gr[j] = gs[im] + (ob * DOB + j < d->OC ? ob * DOB + j : d->OC - 1) * P;
-      const float *xc = xps[im] + (ck / 3) * plane + (ck % 3) * WP;
-      for (int64_t oh = 0; oh < d->H; oh++)
-        for (int64_t s = 0; s < d->NV; s++) {
-          const __mmask16 m = tail_mask(d->W - s * 16); // dout lanes past W load as 0
-          const float *xr = xc + oh * WP + s * 16;
-          const int64_t go = oh * d->W + s * 16;
-          __m512 x0 = _mm512_loadu_ps(xr), x1 = _mm512_loadu_ps(xr + 1), x2 = _mm512_loadu_ps(xr + 2);
-          for (int j = 0; j < DOB; j++) {
-            __m512 gv = _mm512_maskz_loadu_ps(m, gr[j] + go);
-            acc[j][0] = _mm512_fmadd_ps(gv, x0, acc[j][0]);
-            acc[j][1] = _mm512_fmadd_ps(gv, x1, acc[j][1]);
-            acc[j][2] = _mm512_fmadd_ps(gv, x2, acc[j][2]);
-          }
-        }
-      }
-      for (int j = 0; j < DOB; j++)
-        for (int kw = 0; kw < 3; kw++) _mm512_storeu_ps(lt + (j * 3 + kw) * 16, acc[j][kw]);
-    }
-}
-
-// Weight-gradient tile for images of >= 2 rows: DWO output channels x all 9
+// Weight-gradient tile: DWO output channels x all 9
 // taps of one input channel = 27 lane accumulators. It walks the padded input
 // rows r: the 3 shifted loads of row r serve the 3 kh taps (dout rows r - kh,
 // which stay in L1 between consecutive r), so per 16 pixels of a full row it
 // does 3 input loads, 3*DWO dout loads and 9*DWO FMAs, and each dout vector
 // comes from L2 once per tile rather than once per (c, kh) tile. Each
-// accumulator still adds its terms in (image, oh, 16-pixel vector) order, so
-// the lanes are those of dw_kw_tiles bit for bit. The last OC % 3 channels
-// go in a tile of that many (O, a constant per instance).
+// accumulator adds its terms in (image, oh, 16-pixel vector) order. The last
+// OC % 3 channels go in a tile of that many (O, a constant per instance).
 enum { DWO = 3 };
 
 static inline __attribute__((always_inline)) PS_AVX512 void
@@ -256,7 +218,14 @@ dw_channel_tiles(float *lanes, const float *const *gs, const float *const *xps, 
         const float *gr[DWO];
         for (int j = 0; j < O; j++) gr[j] = gs[im] + (o0 + j) * P;
         const float *xc = xps[im] + c * plane;
-        dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0, O); // padded row r feeds dout rows r - kh in [0, H)
+        // padded row r feeds dout rows r - kh in [0, H): kh in [max(0, r - H + 1), min(2, r)]
+        if (H == 1) { // constant kh ranges keep the accumulators in registers
+          dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0, O);
+          dw_row(acc, gr, xc + WP, 1, d->W, d->NV, 1, 1, O);
+          dw_row(acc, gr, xc + 2 * WP, 2, d->W, d->NV, 2, 2, O);
+          continue;
+        }
+        dw_row(acc, gr, xc, 0, d->W, d->NV, 0, 0, O);
         dw_row(acc, gr, xc + WP, 1, d->W, d->NV, 0, 1, O);
         for (int64_t r = 2; r < H; r++) dw_row(acc, gr, xc + r * WP, r, d->W, d->NV, 0, 2, O);
         dw_row(acc, gr, xc + H * WP, H, d->W, d->NV, 1, 2, O);
@@ -270,10 +239,6 @@ dw_channel_tiles(float *lanes, const float *const *gs, const float *const *xps, 
 
 PS_AVX512 void ps_conv_direct_dw_avx512(float *lanes, const float *const *gs, const float *const *xps, int ng,
                                         const ps_conv_direct_dims *d) {
-  if (d->H < 2) {
-    dw_kw_tiles(lanes, gs, xps, ng, d);
-    return;
-  }
   const int64_t tail = d->OC % DWO;
   dw_channel_tiles(lanes, gs, xps, ng, d, 0, d->OC - tail, DWO);
   if (tail == 2) dw_channel_tiles(lanes, gs, xps, ng, d, d->OC - 2, d->OC, 2);
